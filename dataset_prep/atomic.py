@@ -1,0 +1,219 @@
+"""Processed source files (``X.inter.json`` + code / text JSON) -> RecBole atomic files.
+
+Writes ``<data_path>/<Name>/<Name>.inter`` (``user_id:token item_id:token timestamp:float``, the
+timestamp being the position in the user's chronological list) and ``<Name>.item``
+(``item_id:token`` plus a ``token_seq`` field per code modality, ``text_code`` / ``image_code``,
+and ``title`` where item text exists). Original integer ids are kept as tokens.
+
+Code files are recognised by content: ``<Name>.index*.json`` whose tokens are lower-case
+(``<a_12>``) hold text codes, upper-case (``<A_12>``) image codes.
+
+Collisions (several items with the same code) are never merged: with ``collision_rule="suffix"``
+(the default, as in TIGER) every item of the modality gets one more level, ``<e_k>`` for text and
+``<E_k>`` for image, where ``k`` numbers the items sharing a code in increasing item id (0 for an
+item whose code is unique); ``collision_rule="error"`` refuses such files.
+"""
+
+import glob
+import html
+import logging
+import os
+import re
+from collections import defaultdict
+
+from dataset_prep.io import PrepError, atomic_write, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+CODE_TOKEN = re.compile(r"^<([A-Za-z])_(\d+)>$")
+MODALITIES = {"text": "text_code", "image": "image_code"}
+SOURCE_ENV = "RECBOLE_MQL_SOURCE"
+
+
+def parse_code(tokens, item, path):
+    """``["<a_1>", "<b_2>", ...]`` -> ``[("a", 1), ("b", 2), ...]``; bad tokens name file and item."""
+    if isinstance(tokens, str):
+        tokens = re.findall(r"<[^>]*>", tokens)
+    parsed = []
+    for token in tokens:
+        m = CODE_TOKEN.match(str(token))
+        if not m:
+            raise PrepError(
+                f"{path}: item {item} has a malformed code token {token!r}; expected tokens like '<a_12>'."
+            )
+        parsed.append((m.group(1), int(m.group(2))))
+    if not parsed:
+        raise PrepError(f"{path}: item {item} has an empty code.")
+    return parsed
+
+
+def code_modality(codes, path):
+    """'text' for lower-case level letters, 'image' for upper-case ones."""
+    letters = {letter for code in codes.values() for letter, _ in code}
+    if all(letter.islower() for letter in letters):
+        return "text"
+    if all(letter.isupper() for letter in letters):
+        return "image"
+    raise PrepError(f"{path}: mixes lower- and upper-case code levels; one file must hold one modality.")
+
+
+def load_code_files(source_dir, name):
+    """{modality: (path, {item: [(letter, index), ...]})} for every ``<name>.index*.json``."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(source_dir, f"{name}.index*.json"))):
+        raw = read_json(path, "Code file")
+        if not isinstance(raw, dict):
+            raise PrepError(f"{path}: expected an object {{item id: [code tokens]}}.")
+        codes = {str(item): parse_code(tokens, item, path) for item, tokens in raw.items()}
+        modality = code_modality(codes, path)
+        if modality in found:
+            raise PrepError(
+                f"Two {modality} code files in {source_dir}: {found[modality][0]} and {path}; keep one."
+            )
+        found[modality] = (path, codes)
+    return found
+
+
+def find_collisions(codes):
+    """{code tuple: [items sharing it]} for the codes held by more than one item."""
+    groups = defaultdict(list)
+    for item, code in codes.items():
+        groups[tuple(code)].append(item)
+    return {code: items for code, items in groups.items() if len(items) > 1}
+
+
+def disambiguate(codes, collision_rule, path):
+    """Apply the collision rule; returns (codes, number of items that shared a code)."""
+    collisions = find_collisions(codes)
+    n_colliding = sum(len(items) for items in collisions.values())
+    if not collisions:
+        return codes, 0
+    if collision_rule == "error":
+        raise PrepError(
+            f"{path}: {n_colliding} items share {len(collisions)} codes. Regenerate collision-free codes "
+            f"(python -m dataset_prep codes ...) or use --collision_rule=suffix."
+        )
+    if collision_rule != "suffix":
+        raise PrepError(f"Unknown collision rule {collision_rule!r}; use 'suffix' or 'error'.")
+    last_letter = next(iter(codes.values()))[-1][0]
+    suffix_letter = chr(ord(last_letter) + 1)
+    rank = {}
+    for items in collisions.values():
+        for k, item in enumerate(sorted(items, key=_item_order)):
+            rank[item] = k
+    return {item: code + [(suffix_letter, rank.get(item, 0))] for item, code in codes.items()}, n_colliding
+
+
+def _item_order(item):
+    return (0, int(item)) if str(item).isdigit() else (1, str(item))
+
+
+def clean_text(value):
+    """HTML-unescaped, single-line text; list-looking strings flattened."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        value = " ".join(str(v) for v in value)
+    text = html.unescape(str(value))
+    text = re.sub(r"<[^>]+>", " ", text)
+    if text.startswith("[") and text.endswith("]"):
+        text = re.sub(r"^\[|\]$|(?<=[\[,\s])'|'(?=[,\]\s])", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def format_code(code):
+    return " ".join(f"<{letter}_{index}>" for letter, index in code)
+
+
+def resolve_source(dataset, source=None):
+    """The folder holding ``dataset``'s source files: ``source`` itself, or ``$RECBOLE_MQL_SOURCE/<dataset>``."""
+    if source:
+        return source
+    parent = os.environ.get(SOURCE_ENV)
+    if parent and os.path.isdir(os.path.join(parent, dataset)):
+        return os.path.join(parent, dataset)
+    return None
+
+
+def convert(dataset, source_dir, data_path="dataset", collision_rule="suffix"):
+    """Write the atomic files of ``dataset`` from ``source_dir``; returns a summary dict."""
+    if not os.path.isdir(source_dir):
+        raise PrepError(
+            f"Source folder not found: {source_dir}. Pass --source=DIR holding {dataset}.inter.json, "
+            f"or set {SOURCE_ENV} to the folder that holds {dataset}/."
+        )
+    inter_path = os.path.join(source_dir, f"{dataset}.inter.json")
+    sequences = read_json(inter_path, "Interaction file")
+    if not isinstance(sequences, dict):
+        raise PrepError(f"{inter_path}: expected an object {{user id: [item ids, oldest first]}}.")
+    items_used = sorted({str(i) for seq in sequences.values() for i in seq}, key=_item_order)
+
+    item_fields = {}
+    summary = {"users": len(sequences), "items": len(items_used),
+               "interactions": sum(len(s) for s in sequences.values())}
+    for modality, (path, codes) in load_code_files(source_dir, dataset).items():
+        missing = [i for i in items_used if i not in codes]
+        if missing:
+            raise PrepError(
+                f"{path}: {len(missing)} items of {inter_path} have no {modality} code "
+                f"(e.g. {', '.join(missing[:5])}). Regenerate the codes for every item "
+                f"(python -m dataset_prep codes ...) or remove that code file."
+            )
+        codes = {i: codes[i] for i in items_used}
+        codes, n_colliding = disambiguate(codes, collision_rule, path)
+        summary[f"{modality}_colliding_items"] = n_colliding
+        summary[f"{modality}_code_levels"] = len(next(iter(codes.values())))
+        if n_colliding:
+            logger.warning(
+                f"{path}: {n_colliding} items shared a {modality} code; each got a disambiguating "
+                f"level (rule '{collision_rule}'), now {len(codes)} unique codes."
+            )
+        item_fields[MODALITIES[modality]] = {i: format_code(c) for i, c in codes.items()}
+
+    item_text_path = os.path.join(source_dir, f"{dataset}.item.json")
+    if os.path.isfile(item_text_path):
+        meta = read_json(item_text_path, "Item text file")
+        item_fields["title"] = {i: clean_text((meta.get(i) or {}).get("title")) or "[no_title]" for i in items_used}
+
+    out_dir = os.path.join(data_path, dataset)
+    with atomic_write(os.path.join(out_dir, f"{dataset}.inter")) as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for user, seq in sequences.items():
+            for position, item in enumerate(seq):
+                f.write(f"{user}\t{item}\t{position}\n")
+    with atomic_write(os.path.join(out_dir, f"{dataset}.item")) as f:
+        fields = list(item_fields)
+        header = ["item_id:token"] + [f"{name}:token_seq" for name in fields]
+        f.write("\t".join(header) + "\n")
+        for item in items_used:
+            f.write("\t".join([item] + [item_fields[name][item] for name in fields]) + "\n")
+    for name in fields:
+        if name.endswith("_code"):
+            write_json(os.path.join(out_dir, f"{dataset}.{name}.json"),
+                       {i: item_fields[name][i].split() for i in items_used})
+    summary["item_fields"] = fields
+    summary["out_dir"] = out_dir
+    return summary
+
+
+def atomic_files_exist(dataset, data_path):
+    folder = os.path.join(data_path, dataset)
+    return os.path.isfile(os.path.join(folder, f"{dataset}.inter"))
+
+
+def ensure_atomic_files(dataset, data_path, source=None, collision_rule="suffix"):
+    """Convert on first use when the atomic files are missing and a source folder is known.
+
+    ``data_path`` is the parent folder (``dataset/``), as in RecBole's ``data_path`` key.
+    """
+    if atomic_files_exist(dataset, data_path):
+        return None
+    source_dir = resolve_source(dataset, source)
+    if source_dir is None:
+        raise PrepError(
+            f"Dataset '{dataset}' not found: no {os.path.join(data_path, dataset, dataset + '.inter')} and no "
+            f"source folder. Run `python -m dataset_prep {dataset} --source DIR`, pass --source=DIR, or set "
+            f"{SOURCE_ENV} to the folder holding {dataset}/ (e.g. ../shared/data)."
+        )
+    logger.info(f"Atomic files of {dataset} missing: converting from {source_dir}")
+    return convert(dataset, source_dir, data_path, collision_rule)

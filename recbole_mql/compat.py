@@ -1,0 +1,43 @@
+"""The few shims RecBole 1.2.1 needs on today's numpy and torch, in one place.
+
+Imported first by :mod:`recbole_mql`, before any RecBole module runs.
+
+- numpy 2 removed ``np.float_`` & co., which ``recbole.config.Config`` still assigns
+  (``np.float = np.float_``); the aliases are restored here, once.
+- torch >= 2.6 loads checkpoints weights-only by default, but RecBole's checkpoints hold the whole
+  ``Config``: :func:`load_own_checkpoint` loads files *this project wrote* with the full unpickler.
+  It is never used for a file of unknown origin.
+- ``recbole.quick_start`` imports ray (and with it ``pkg_resources``); the plugin never imports it.
+"""
+
+import numpy as np
+import torch
+
+_NUMPY_ALIASES = {
+    "float_": np.float64,
+    "complex_": np.complex128,
+    "unicode_": np.str_,
+    "bool8": np.bool_,
+    "int_": np.int_,
+    "object_": np.object_,
+    "str_": np.str_,
+}
+
+
+def patch_numpy():
+    """Restore the numpy < 2 aliases RecBole 1.2.1 reads at import and in ``Config()``."""
+    for name, value in _NUMPY_ALIASES.items():
+        if not hasattr(np, name):
+            setattr(np, name, value)
+
+
+def load_own_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint written by this project's (or RecBole's) trainer.
+
+    RecBole stores its ``Config`` object inside the checkpoint, which torch's weights-only
+    loader refuses; the files come from our own trainer, so the full unpickler is safe here.
+    """
+    return torch.load(str(path), map_location=map_location, weights_only=False)
+
+
+patch_numpy()

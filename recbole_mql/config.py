@@ -1,0 +1,115 @@
+"""Config: RecBole's configurator with the plugin's property files layered on top.
+
+Priority, lowest first: RecBole's own properties < ``properties/overall.yaml`` <
+``properties/model/<Model>.yaml`` < ``properties/dataset/<Dataset>.yaml`` < ``config_file_list``
+< ``config_dict`` < command-line ``--key=value`` (passed explicitly as ``cmd_args``; unlike
+RecBole, ``sys.argv`` is never read behind the caller's back).
+"""
+
+import difflib
+import glob
+import os
+
+import yaml
+from recbole.config import Config as RecBoleConfig
+
+from recbole_mql.utils import get_model
+
+PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
+
+# Keys that the harness itself reads (CLI / quick start), not in any property file.
+HARNESS_KEYS = {
+    "model", "dataset", "config_files", "source", "resume", "compare", "with_reference",
+    "recommend", "checkpoint", "user", "results_dir", "protocol",
+    "nproc", "world_size", "ip", "port", "offset", "local_rank",
+}
+
+
+class UnknownConfigKeyError(KeyError):
+    def __str__(self):
+        return str(self.args[0])
+
+
+def plugin_property_files(model, dataset):
+    """The plugin's property files that apply to ``model`` on ``dataset``, lowest priority first."""
+    files = [
+        os.path.join(PROPERTIES_DIR, "overall.yaml"),
+        os.path.join(PROPERTIES_DIR, "model", f"{model}.yaml"),
+        os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
+    ]
+    return [f for f in files if os.path.isfile(f)]
+
+
+def known_config_keys():
+    """Every key defined by RecBole's or the plugin's property files and argument lists."""
+    import recbole
+    from recbole.utils import argument_list
+
+    keys = set(HARNESS_KEYS)
+    for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
+        keys.update(getattr(argument_list, name))
+    recbole_props = os.path.join(os.path.dirname(recbole.__file__), "properties")
+    for pattern in (os.path.join(recbole_props, "**", "*.yaml"), os.path.join(PROPERTIES_DIR, "**", "*.yaml")):
+        for path in glob.glob(pattern, recursive=True):
+            with open(path, encoding="utf-8") as f:
+                content = yaml.safe_load(f)
+            if isinstance(content, dict):
+                keys.update(content)
+    return keys
+
+
+def check_config_keys(given):
+    """Refuse keys that no property file defines: a typo must not silently become a no-op."""
+    known = known_config_keys()
+    unknown = [k for k in given if k not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=3)
+            hints.append(f"'{key}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise UnknownConfigKeyError(
+            f"Unknown config key {', '.join(hints)}. Every key is defined in RecBole's or this "
+            f"project's properties/ YAML files; put experimental keys in a file given with --config_files."
+        )
+
+
+class Config(RecBoleConfig):
+    """RecBole ``Config`` that finds plugin models and loads ``properties/`` of this project."""
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
+        self._cmd_args = dict(cmd_args or {})
+        check_config_keys(self._cmd_args)
+        super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+
+    def _load_cmd_line(self):
+        return self._convert_config_dict(dict(self._cmd_args))
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise ValueError("No model given: pass --model=NAME (e.g. MQL4GRec, TIGER, SASRec).")
+        if isinstance(model, str):
+            model_class = get_model(model)
+        else:
+            model_class, model = model, model.__name__
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset")
+            if dataset is None:
+                raise ValueError("No dataset given: pass --dataset=NAME (e.g. Instruments).")
+        return model, model_class, dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        for path in plugin_property_files(model, dataset):
+            self._update_internal_config_dict(path)
+
+    def _set_default_parameters(self):
+        # A CE-loss sequential model takes no negatives; RecBole's default samples one and
+        # then refuses the combination. Apply the only consistent choice unless set explicitly.
+        if (
+            self.final_config_dict.get("loss_type") == "CE"
+            and "train_neg_sample_args" not in self.external_config_dict
+        ):
+            self.final_config_dict["train_neg_sample_args"] = None
+        super()._set_default_parameters()

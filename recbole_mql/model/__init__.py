@@ -1,0 +1,3 @@
+"""Models this plugin adds to RecBole."""
+
+__all__ = []

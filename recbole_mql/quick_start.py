@@ -1,0 +1,93 @@
+"""run_recbole_mql(): the one path every model takes (plugin or RecBole), one split, one evaluator."""
+
+import logging
+import os
+import sys
+import time
+from logging import getLogger
+
+from recbole.data import data_preparation
+from recbole.utils import get_environment, init_logger, init_seed, set_color
+
+from recbole_mql.config import Config
+from recbole_mql.utils import create_dataset, get_model, get_trainer
+
+
+def prepare_atomic_files(config):
+    """Build ``<data_path>/<Dataset>`` from its source folder on first use (see dataset_prep.atomic)."""
+    from dataset_prep.atomic import ensure_atomic_files
+
+    parent = os.path.dirname(os.path.normpath(config["data_path"]))
+    summary = ensure_atomic_files(config["dataset"], parent, source=config["source"])
+    if summary:
+        getLogger().info(f"dataset_prep: {summary}")
+
+
+def build_config(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
+    return Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                  config_dict=config_dict, cmd_args=cmd_args)
+
+
+def load_data(config):
+    """(dataset, train, valid, test) for ``config``: converts the source on first use, then RecBole's split."""
+    prepare_atomic_files(config)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    return dataset, train_data, valid_data, test_data
+
+
+def run_recbole_mql(model=None, dataset=None, config_file_list=None, config_dict=None,
+                    cmd_args=None, saved=True):
+    """Train ``model`` on ``dataset`` and evaluate it with full ranking; returns RecBole's result dict
+    plus ``best_epoch``, ``train_seconds``, ``eval_seconds``, ``params`` and ``saved_model_file``."""
+    config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(" ".join(sys.argv))
+    logger.info(config)
+
+    data, train_data, valid_data, test_data = load_data(config)
+    logger.info(data)
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(model)
+    params = sum(p.numel() for p in model.parameters())
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if config["resume"]:
+        trainer.resume_checkpoint(config["resume"])
+
+    start = time.time()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    train_seconds = time.time() - start
+    start = time.time()
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    eval_seconds = time.time() - start
+
+    logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "best_epoch": getattr(trainer, "best_epoch", None),
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "params": params,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+        "log_file": _log_file(),
+    }
+
+
+def _log_file():
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return None

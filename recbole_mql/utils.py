@@ -1,0 +1,125 @@
+"""Model, trainer and dataset look-up: the plugin first, RecBole after (as RecBole-GNN does)."""
+
+import difflib
+import importlib
+import importlib.util
+import pkgutil
+
+from recbole.utils import ModelType
+from recbole.utils import get_trainer as recbole_get_trainer
+
+from recbole_mql.compat import load_own_checkpoint
+
+_RECBOLE_MODEL_PACKAGES = [
+    "general_recommender",
+    "context_aware_recommender",
+    "sequential_recommender",
+    "knowledge_aware_recommender",
+    "exlib_recommender",
+]
+
+
+class UnknownModelError(ValueError):
+    """A model name that neither the plugin nor RecBole knows."""
+
+
+def plugin_models():
+    """{name: class} of the models this plugin adds to RecBole."""
+    module = importlib.import_module("recbole_mql.model")
+    return {name: getattr(module, name) for name in module.__all__}
+
+
+def recbole_model_names():
+    """Names of RecBole's own models (module names, as RecBole's ``get_model`` looks them up)."""
+    import recbole.model
+
+    names = []
+    for package in _RECBOLE_MODEL_PACKAGES:
+        spec = importlib.util.find_spec(f"recbole.model.{package}")
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for info in pkgutil.iter_modules(spec.submodule_search_locations):
+            names.append(info.name)
+    return names
+
+
+def get_model(model_name):
+    """Return the model class for ``model_name``: plugin models first, then RecBole's.
+
+    Raises :class:`UnknownModelError` with close matches instead of RecBole's
+    ``No module named 'lightgbm'`` for a name that exists nowhere.
+    """
+    models = plugin_models()
+    if model_name in models:
+        return models[model_name]
+    for package in _RECBOLE_MODEL_PACKAGES:
+        module_path = f"recbole.model.{package}.{model_name.lower()}"
+        if importlib.util.find_spec(module_path) is not None:
+            module = importlib.import_module(module_path)
+            if hasattr(module, model_name):
+                return getattr(module, model_name)
+    known = sorted(models) + sorted(recbole_model_names())
+    lowered = {name.lower(): name for name in known}
+    close = difflib.get_close_matches(model_name.lower(), list(lowered), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(lowered[c] for c in close)}?" if close else ""
+    raise UnknownModelError(
+        f"Unknown model '{model_name}': it is neither a recbole_mql model ({', '.join(sorted(models))}) "
+        f"nor a RecBole model (names are case-sensitive, e.g. SASRec, BERT4Rec).{hint}"
+    )
+
+
+class CheckpointCompatMixin:
+    """Loads RecBole checkpoints under torch >= 2.6 (they pickle the Config; see compat.py)."""
+
+    def resume_checkpoint(self, resume_file):
+        checkpoint = load_own_checkpoint(resume_file, map_location=self.device)
+        self.saved_model_file = str(resume_file)
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model and eval_data:
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = load_own_checkpoint(checkpoint_file, map_location=self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(
+            eval_data, load_best_model=False, model_file=model_file, show_progress=show_progress
+        )
+
+
+_COMPAT_TRAINERS = {}
+
+
+def get_trainer(model_type, model_name):
+    """Return the trainer class: the plugin's ``<Model>Trainer`` if any, else RecBole's choice,
+    wrapped so that it loads its own checkpoints on today's torch."""
+    trainer_module = importlib.import_module("recbole_mql.trainer")
+    own = getattr(trainer_module, model_name + "Trainer", None)
+    if own is not None:
+        return own
+    base = recbole_get_trainer(model_type, model_name)
+    if base not in _COMPAT_TRAINERS:
+        _COMPAT_TRAINERS[base] = type(base.__name__, (CheckpointCompatMixin, base), {})
+    return _COMPAT_TRAINERS[base]
+
+
+def create_dataset(config):
+    """Create the dataset: ``recbole_mql.data.<Model>Dataset`` if the plugin has one, else RecBole's."""
+    from recbole.data import create_dataset as recbole_create_dataset
+
+    data_module = importlib.import_module("recbole_mql.data")
+    dataset_class = getattr(data_module, config["model"] + "Dataset", None)
+    if dataset_class is None:
+        return recbole_create_dataset(config)
+    return dataset_class(config)
+
+
+def is_sequential(config):
+    return config["MODEL_TYPE"] == ModelType.SEQUENTIAL
