@@ -2,10 +2,9 @@
 
 import difflib
 import importlib
-import importlib.util
-import pkgutil
+import os
+import re
 
-from recbole.utils import ModelType
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_mql.compat import load_own_checkpoint
@@ -29,18 +28,19 @@ def plugin_models():
     return {name: getattr(module, name) for name in module.__all__}
 
 
-def recbole_model_names():
-    """Names of RecBole's own models (module names, as RecBole's ``get_model`` looks them up)."""
-    import recbole.model
+def _recbole_model_files():
+    """{module name: package} of RecBole's model modules, read from disk: importing a package such
+    as ``exlib_recommender`` would import optional libraries (lightgbm, xgboost)."""
+    import recbole
 
-    names = []
+    root = os.path.join(os.path.dirname(recbole.__file__), "model")
+    files = {}
     for package in _RECBOLE_MODEL_PACKAGES:
-        spec = importlib.util.find_spec(f"recbole.model.{package}")
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for info in pkgutil.iter_modules(spec.submodule_search_locations):
-            names.append(info.name)
-    return names
+        folder = os.path.join(root, package)
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if name.endswith(".py") and not name.startswith("_"):
+                files.setdefault(name[:-3], package)
+    return files
 
 
 def get_model(model_name):
@@ -52,13 +52,13 @@ def get_model(model_name):
     models = plugin_models()
     if model_name in models:
         return models[model_name]
-    for package in _RECBOLE_MODEL_PACKAGES:
-        module_path = f"recbole.model.{package}.{model_name.lower()}"
-        if importlib.util.find_spec(module_path) is not None:
-            module = importlib.import_module(module_path)
-            if hasattr(module, model_name):
-                return getattr(module, model_name)
-    known = sorted(models) + sorted(recbole_model_names())
+    package = _recbole_model_files().get(model_name.lower())
+    if package is not None:
+        module = importlib.import_module(f"recbole.model.{package}.{model_name.lower()}")
+        if hasattr(module, model_name):
+            return getattr(module, model_name)
+    class_names = _recbole_class_names()
+    known = sorted(models) + [class_names.get(m, m) for m in sorted(_recbole_model_files())]
     lowered = {name.lower(): name for name in known}
     close = difflib.get_close_matches(model_name.lower(), list(lowered), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(lowered[c] for c in close)}?" if close else ""
@@ -69,7 +69,14 @@ def get_model(model_name):
 
 
 class CheckpointCompatMixin:
-    """Loads RecBole checkpoints under torch >= 2.6 (they pickle the Config; see compat.py)."""
+    """Loads RecBole checkpoints under torch >= 2.6 (they pickle the Config; see compat.py), and
+    remembers the epoch of the best checkpoint (RecBole saves only when validation improves)."""
+
+    best_epoch = None
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        self.best_epoch = epoch
+        return super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
 
     def resume_checkpoint(self, resume_file):
         checkpoint = load_own_checkpoint(resume_file, map_location=self.device)
@@ -121,5 +128,16 @@ def create_dataset(config):
     return dataset_class(config)
 
 
-def is_sequential(config):
-    return config["MODEL_TYPE"] == ModelType.SEQUENTIAL
+def _recbole_class_names():
+    """{module name: class name} of RecBole's models, read from the packages' ``__init__.py`` text."""
+    import recbole
+
+    root = os.path.join(os.path.dirname(recbole.__file__), "model")
+    names = {}
+    for package in _RECBOLE_MODEL_PACKAGES:
+        init = os.path.join(root, package, "__init__.py")
+        if os.path.isfile(init):
+            with open(init, encoding="utf-8") as f:
+                for module, cls in re.findall(r"from \S*?\.?(\w+) import \*?(\w+)", f.read()):
+                    names.setdefault(module, cls)
+    return names
