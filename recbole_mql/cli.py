@@ -1,6 +1,7 @@
 """Command line of run_recbole_mql.py: RecBole-style ``--key=value`` flags, any config key."""
 
 import sys
+import warnings
 
 from dataset_prep.io import PrepError
 from recbole_mql.config import UnknownConfigKeyError
@@ -25,6 +26,8 @@ def parse_flags(argv):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    # RecBole 1.2.1 on pandas 2.x warns on every dataset load about its own chained assignments.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0

@@ -30,3 +30,24 @@ def quiet_config(**extra):
     cfg = {"show_progress": False, "state": "WARNING", "checkpoint_dir": extra.pop("checkpoint_dir", "saved")}
     cfg.update(extra)
     return cfg
+
+
+def subset_source(name, n_users, folder):
+    """A source folder holding the first ``n_users`` users of a real dataset (codes and text kept)."""
+    import json
+    import shutil
+
+    src = source_dir(name)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(src, f"{name}.inter.json")) as f:
+        sequences = json.load(f)
+    subset = dict(list(sequences.items())[:n_users])
+    with open(os.path.join(folder, f"{name}.inter.json"), "w") as f:
+        json.dump(subset, f)
+    for file in os.listdir(src):
+        if file.startswith(f"{name}.index") or file == f"{name}.item.json":
+            shutil.copy(os.path.join(src, file), folder)
+    return folder
+
+
+SMALL_T5 = {"d_model": 64, "d_ff": 256, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4, "d_kv": 16}

@@ -1,3 +1,6 @@
 """Models this plugin adds to RecBole."""
 
-__all__ = []
+from recbole_mql.model.mql4grec import MQL4GRec
+from recbole_mql.model.tiger import TIGER
+
+__all__ = ["MQL4GRec", "TIGER"]

@@ -41,10 +41,19 @@ class DecoderState:
     self_keys: list = field(default_factory=list)
     self_values: list = field(default_factory=list)
 
-    @property
-    def length(self):
-        """Number of decoder tokens already in the self-attention cache."""
-        return self.self_keys[0].shape[3] if self.self_keys else 0
+    def append(self, layer, key, value):
+        """Add the newest position ``[users, beams, heads, d_kv]`` to ``layer``'s cache.
+
+        Returns that layer's keys and values, ``[users, beams, heads, t, d_kv]``.
+        """
+        key, value = key.unsqueeze(3), value.unsqueeze(3)
+        if layer == len(self.self_keys):  # first step: the cache starts here
+            self.self_keys.append(key)
+            self.self_values.append(value)
+        else:
+            self.self_keys[layer] = torch.cat([self.self_keys[layer], key], dim=3)
+            self.self_values[layer] = torch.cat([self.self_values[layer], value], dim=3)
+        return self.self_keys[layer], self.self_values[layer]
 
     def reorder(self, parents):
         """Keep, for each new beam, its parent's cache. ``parents``: ``[users, new_beams]``."""
@@ -94,11 +103,10 @@ class T5StepDecoder:
         Appends the new position to ``state``'s self-attention cache.
         """
         hidden = self.model.decoder.embed_tokens(tokens)
-        first = not state.self_keys
         for index, block in enumerate(self.blocks):
-            hidden = hidden + self._self_attention(block.layer[0], hidden, state, index, first)
+            hidden = hidden + self._self_attention(block.layer[0], hidden, state, index)
             hidden = hidden + self._cross_attention(block.layer[1], hidden, state, index)
-            hidden = block.layer[2](hidden)  # HF's T5LayerFF adds its own residual
+            hidden = block.layer[-1](hidden)  # HF's T5LayerFF adds its own residual
         hidden = self.model.decoder.final_layer_norm(hidden) * self.output_scale
         return self.model.lm_head(hidden).float()
 
@@ -106,18 +114,12 @@ class T5StepDecoder:
         """``[..., heads * d_kv]`` -> ``[..., heads, d_kv]``."""
         return x.view(*x.shape[:-1], self.heads, self.d_kv)
 
-    def _self_attention(self, layer, hidden, state, index, first):
+    def _self_attention(self, layer, hidden, state, index):
         """Causal self-attention of the newest position over the cached ones, ``[users, beams, d_model]``."""
         attention = layer.SelfAttention
         normed = layer.layer_norm(hidden)
         query, key, value = (self._split_heads(proj(normed)) for proj in (attention.q, attention.k, attention.v))
-        if first:
-            state.self_keys.append(key.unsqueeze(3))
-            state.self_values.append(value.unsqueeze(3))
-        else:
-            state.self_keys[index] = torch.cat([state.self_keys[index], key.unsqueeze(3)], dim=3)
-            state.self_values[index] = torch.cat([state.self_values[index], value.unsqueeze(3)], dim=3)
-        keys, values = state.self_keys[index], state.self_values[index]  # [users, beams, heads, t, d_kv]
+        keys, values = state.append(index, key, value)  # [users, beams, heads, t, d_kv]
         position = keys.shape[3] - 1
         # Only the newest query is needed and every cached key precedes it: no causal mask.
         scores = (query.unsqueeze(3) @ keys.transpose(3, 4)).squeeze(3)  # [users, beams, heads, t]
@@ -133,9 +135,9 @@ class T5StepDecoder:
         """
         attention = layer.EncDecAttention
         query = self._split_heads(attention.q(layer.layer_norm(hidden))).transpose(1, 2)
-        mixed = F.scaled_dot_product_attention(
-            query, state.cross_keys[index], state.cross_values[index], attn_mask=state.cross_mask, scale=1.0
-        )
+        # Plain matmuls: on CPU they beat scaled_dot_product_attention at these shapes (1.1 vs 1.6 ms).
+        scores = query @ state.cross_keys[index].transpose(2, 3) + state.cross_mask  # [users, heads, beams, src_len]
+        mixed = torch.softmax(scores, dim=-1) @ state.cross_values[index]
         return attention.o(mixed.transpose(1, 2).flatten(2))
 
 
@@ -147,15 +149,21 @@ class ConstrainedBeamSearch:
             tokens of the next item, without eos.
         level_token_ids: LongTensor ``[L, V_max]`` or a list of L LongTensors: the
             vocabulary id of code ``c`` at level ``l``.
+        chunk_users: users decoded together; ``search`` sorts users by history length and
+            decodes them chunk by chunk, so that short histories are not padded to the
+            longest one of the batch (default: 32 on CPU, 1024 on GPU).
     """
 
-    def __init__(self, model, level_token_ids):
+    def __init__(self, model, level_token_ids, chunk_users=None):
         if model.training:
             raise ValueError("call model.eval() first: beam search must run without dropout")
         self.model = model
         self.decoder = T5StepDecoder(model)
         self.level_token_ids = [torch.as_tensor(ids, dtype=torch.long) for ids in level_token_ids]
         self.start_token = model.config.decoder_start_token_id
+        # Measured on a 2-core CPU: 16 to 64 users per chunk all beat 128 and more (the working set
+        # stays in cache); a GPU wants far more rows per kernel.
+        self.chunk_users = chunk_users or (32 if self.device.type == "cpu" else 1024)
 
     @property
     def device(self):
@@ -180,10 +188,21 @@ class ConstrainedBeamSearch:
         device = self.device
         trie = trie if trie.device == device else trie.to(device)
         level_ids = [ids[:size].to(device) for ids, size in zip(self.level_token_ids, trie.level_sizes)]
+        if any(ids.numel() < size or (ids < 0).any() for ids, size in zip(level_ids, trie.level_sizes)):
+            raise ValueError(f"level_token_ids must give a vocabulary id to each code of levels {trie.level_sizes}")
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        items = torch.full((input_ids.shape[0], beam_size), -1, dtype=torch.long, device=device)
+        scores = torch.full(items.shape, float("-inf"), device=device)
         with torch.inference_mode():
-            state = self.decoder.start(input_ids.to(device), attention_mask.to(device), trie.num_levels)
-            nodes, scores = self._run_levels(state, trie, level_ids, beam_size)
-        return self._pad(nodes, scores / trie.num_levels, beam_size)
+            # Similar lengths together: the encoder and cross-attention cost grows with the padded width.
+            order = attention_mask.sum(dim=1).argsort(stable=True)
+            for chunk in order.split(self.chunk_users):
+                ids, mask = _trim_padding(input_ids[chunk], attention_mask[chunk])
+                state = self.decoder.start(ids, mask, trie.num_levels)
+                nodes, sums = self._run_levels(state, trie, level_ids, beam_size)
+                items[chunk, : nodes.shape[1]] = nodes
+                scores[chunk, : nodes.shape[1]] = (sums / trie.num_levels).masked_fill(nodes < 0, float("-inf"))
+        return items, scores
 
     def _run_levels(self, state, trie, level_ids, beam_size):
         """Beam nodes and summed log-probs after the last level, both ``[users, beams]``."""
@@ -207,12 +226,14 @@ class ConstrainedBeamSearch:
                 tokens = ids[codes]
         return nodes, scores
 
-    @staticmethod
-    def _pad(items, scores, beam_size):
-        """Pad ``[users, k]`` results to ``[users, beam_size]`` with -1 / -inf."""
-        missing = beam_size - items.shape[1]
-        scores = scores.masked_fill(items < 0, float("-inf"))
-        if missing > 0:
-            items = F.pad(items, (0, missing), value=-1)
-            scores = F.pad(scores, (0, missing), value=float("-inf"))
-        return items, scores
+
+def _trim_padding(input_ids, attention_mask):
+    """Drop the leading and trailing columns that are padding for every row.
+
+    Only outer columns go: T5's relative position bias makes inner ones matter.
+    """
+    used = torch.nonzero(attention_mask.any(dim=0)).flatten()
+    if used.numel() == 0:
+        return input_ids, attention_mask
+    first, last = int(used[0]), int(used[-1]) + 1
+    return input_ids[:, first:last], attention_mask[:, first:last]

@@ -1,0 +1,192 @@
+"""Decoding speed: our trie-constrained beam search against HF ``generate``.
+
+The model is the paper-size T5 (4+4 layers, d_model 128, 6 heads of 64, d_ff 1024) with
+random weights: the FLOPs of decoding do not depend on the weights. What random weights do
+change is the shape of the beams (near-uniform next-token distributions), so agreement is
+checked here and exactness is the unit tests' job. The catalogue is the real Instruments
+image codes (6,250 items, 4 levels) and the inputs are real test histories (last 20 items).
+
+    python benchmarks/decode_speed.py --users 256 --hf_users 128 --beam 20
+    python benchmarks/decode_speed.py --authors_vocab   # HF baseline on the 34k-word vocabulary
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
+from recbole_mql.model.beam_search import ConstrainedBeamSearch
+from recbole_mql.model.prefix_trie import PrefixTrie
+
+DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "Instruments")
+LEVEL_PREFIXES = ("A", "B", "C", "D")  # image code tokens <A_i><B_j><C_k><D_l>
+CODES_PER_LEVEL = 256
+N_SPECIAL = 10  # pad, eos and a few task-prefix tokens, as in our vocabulary
+N_CODE_TOKENS = 2 * len(LEVEL_PREFIXES) * CODES_PER_LEVEL  # text <a_i>..<d_l>, then image <A_i>..<D_l>
+AUTHORS_BASE_VOCAB = 32128  # t5-small's vocabulary, onto which the authors add the code tokens
+EOS = 1
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=DEFAULT_DATA, help="folder with Instruments.index_vitemb.json etc.")
+    parser.add_argument("--users", type=int, default=256, help="users decoded by our beam search")
+    parser.add_argument("--hf_users", type=int, default=128, help="users decoded by HF generate (slow)")
+    parser.add_argument("--beam", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=256, help="users per call of our beam search")
+    parser.add_argument("--hf_batch", type=int, default=64, help="users per HF generate call (authors: 64)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs; the best is reported (shared machine)")
+    parser.add_argument("--authors_vocab", action="store_true", help="also time HF on the 34k-word vocabulary")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def code_tokens(vocab_offset):
+    """LongTensor ``[4, 256]``: vocabulary id of each image code, code tokens from ``vocab_offset``."""
+    return vocab_offset + torch.arange(len(LEVEL_PREFIXES) * CODES_PER_LEVEL).view(len(LEVEL_PREFIXES), -1)
+
+
+def load_codes(data_dir):
+    """LongTensor ``[n_items, 4]`` of image code indices; row i is item i."""
+    with open(os.path.join(data_dir, "Instruments.index_vitemb.json")) as f:
+        index = json.load(f)
+    rows = []
+    for item in range(len(index)):
+        tokens = index[str(item)]
+        rows.append([int(tok.strip("<>").split("_")[1]) for tok in tokens])
+    return torch.tensor(rows)
+
+
+def load_histories(data_dir, codes, token_ids, max_items=20):
+    """Test users' last ``max_items`` items as code tokens + eos: ids, mask ``[users, src_len]``."""
+    with open(os.path.join(data_dir, "Instruments.test.inter")) as f:
+        lines = f.read().splitlines()[1:]
+    levels = torch.arange(codes.shape[1])
+    sequences = []
+    for line in lines:
+        items = [int(i) for i in line.split("\t")[1].split()][-max_items:]
+        tokens = token_ids[levels, codes[items]].flatten().tolist() + [EOS]
+        sequences.append(tokens)
+    width = max(len(s) for s in sequences)
+    input_ids = torch.zeros(len(sequences), width, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.tensor(seq)
+    return input_ids, (input_ids != 0).long()
+
+
+def paper_model(vocab_size, seed):
+    """The paper's T5 backbone with random weights, in eval mode."""
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=vocab_size, d_model=128, d_ff=1024, num_layers=4, num_decoder_layers=4, num_heads=6,
+        d_kv=64, dropout_rate=0.1, relative_attention_num_buckets=32, feed_forward_proj="relu",
+        pad_token_id=0, eos_token_id=EOS, decoder_start_token_id=0,
+    )
+    return T5ForConditionalGeneration(config).eval()
+
+
+def batches(input_ids, mask, size):
+    for start in range(0, input_ids.shape[0], size):
+        ids, m = input_ids[start : start + size], mask[start : start + size]
+        width = int(m.sum(1).max())  # drop the columns that are padding for the whole batch
+        yield ids[:, :width], m[:, :width]
+
+
+def run_ours(model, token_ids, trie, input_ids, mask, beam, batch):
+    """Items, scores ``[users, beam]`` from our beam search."""
+    search = ConstrainedBeamSearch(model, token_ids)
+    results = [search.search(ids, m, trie, beam) for ids, m in batches(input_ids, mask, batch)]
+    return torch.cat([r[0] for r in results]).cpu(), torch.cat([r[1] for r in results]).cpu()
+
+
+def run_hf(model, token_ids, trie, input_ids, mask, beam, batch):
+    """Items, scores ``[users, beam]`` from HF generate with a real-trie prefix_allowed_tokens_fn."""
+    allowed = trie.prefix_allowed_tokens_fn(token_ids)
+    device = next(model.parameters()).device
+    levels = trie.num_levels
+    items, scores = [], []
+    for ids, m in batches(input_ids, mask, batch):
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=m.to(device), num_beams=beam, num_return_sequences=beam,
+                max_new_tokens=levels, prefix_allowed_tokens_fn=allowed, do_sample=False, length_penalty=1.0,
+                early_stopping=True, output_scores=True, return_dict_in_generate=True,
+            )
+        generated = out.sequences[:, 1 : 1 + levels].cpu() - token_ids[:, :1].T  # vocab id -> code index
+        items.append(trie.lookup(generated).view(-1, beam))
+        scores.append(out.sequences_scores.cpu().view(-1, beam))
+    return torch.cat(items), torch.cat(scores)
+
+
+def best_time(fn, repeats):
+    """(best wall seconds, last result) over ``repeats`` runs: the machine is shared."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def agreement(ours, theirs):
+    """Fraction of users whose top-B item lists are identical, and the largest score gap."""
+    n = theirs[0].shape[0]
+    same = (ours[0][:n] == theirs[0]).all(dim=1).float().mean().item()
+    finite = torch.isfinite(theirs[1])
+    gap = (ours[1][:n][finite] - theirs[1][finite]).abs().max().item()
+    return same, gap
+
+
+def main():
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    codes = load_codes(args.data)
+    trie = PrefixTrie(codes)
+    token_ids = code_tokens(N_SPECIAL + N_CODE_TOKENS // 2)
+    vocab = N_SPECIAL + N_CODE_TOKENS
+    input_ids, mask = load_histories(args.data, codes, token_ids)
+    n_ours = min(args.users, input_ids.shape[0])
+    n_hf = min(args.hf_users, n_ours)
+    print(f"device {args.device}, threads {torch.get_num_threads()}, catalogue {trie.num_items} items, "
+          f"vocab {vocab}, beam {args.beam}, random weights")
+
+    model = paper_model(vocab, args.seed).to(args.device)
+    ours_args = (model, token_ids, trie)
+    t_ours, ours = best_time(
+        lambda: run_ours(*ours_args, input_ids[:n_ours], mask[:n_ours], args.beam, args.batch), args.repeats)
+    # The speed-up is taken on exactly HF's users: throughput depends on history lengths.
+    t_same, _ = best_time(
+        lambda: run_ours(*ours_args, input_ids[:n_hf], mask[:n_hf], args.beam, args.batch), args.repeats)
+    t_hf, hf = best_time(
+        lambda: run_hf(model, token_ids, trie, input_ids[:n_hf], mask[:n_hf], args.beam, args.hf_batch),
+        args.repeats)
+    same, gap = agreement(ours, hf)
+    print(f"ours: {n_ours / t_ours:8.1f} users/s on {n_ours} users, {n_hf / t_same:8.1f} on HF's {n_hf} "
+          f"(batch {args.batch})")
+    print(f"HF  : {n_hf / t_hf:8.1f} users/s on {n_hf} users (batch {args.hf_batch})")
+    print(f"speed-up {t_hf / t_same:.1f}x on the same users; identical top-{args.beam} lists for "
+          f"{same:.1%} of {n_hf} users, max score gap {gap:.2e}")
+
+    if args.authors_vocab:
+        authors_ids = code_tokens(AUTHORS_BASE_VOCAB + N_CODE_TOKENS // 2)
+        authors_inputs, _ = load_histories(args.data, codes, authors_ids)
+        big = paper_model(AUTHORS_BASE_VOCAB + N_CODE_TOKENS, args.seed).to(args.device)
+        t_big, _ = best_time(
+            lambda: run_hf(big, authors_ids, trie, authors_inputs[:n_hf], mask[:n_hf], args.beam, args.hf_batch),
+            args.repeats)
+        print(f"HF, authors' {big.config.vocab_size}-word vocabulary: {n_hf / t_big:8.1f} users/s; "
+              f"ours is {t_big / t_same:.1f}x faster")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Trainer of the generative models: AdamW, warm-up then cosine, token-normalised gradient
+accumulation, bf16 autocast, early stopping on a decoded validation metric, atomic checkpoints."""
+
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.trainer import Trainer
+from recbole.utils import dict2str, early_stopping, set_color
+from tqdm import tqdm
+
+from recbole_mql.compat import load_own_checkpoint
+from recbole_mql.data.task_samples import TaskSamples
+from recbole_mql.utils import CheckpointCompatMixin
+
+
+def warmup_cosine(optimizer, total_steps, warmup_steps):
+    """Linear warm-up to the base learning rate, then cosine decay to 0."""
+
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class GenerativeTrainer(CheckpointCompatMixin, Trainer):
+    """RecBole ``Trainer`` whose epoch is the model's task batches instead of RecBole's batches."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.accumulation = config["gradient_accumulation_steps"]
+        self.autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(config["autocast_dtype"]))
+        self.scheduler = None
+        self.samples = None
+        self._pending_scheduler_state = None
+        self._valid_subset = None
+        name = f"{config['model']}-{config['dataset']}"
+        self.last_model_file = os.path.join(self.checkpoint_dir, f"{name}-last.pth")
+
+    def _build_optimizer(self, **kwargs):
+        return torch.optim.AdamW(self.model.parameters(), lr=self.config["learning_rate"],
+                                 weight_decay=self.config["weight_decay"])
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        """Train with early stopping on ``valid_metric`` (decoded); returns (best score, best result).
+
+        Keeps the best checkpoint (``saved_model_file``) and the last one (``<model>-<dataset>-last.pth``,
+        for ``--resume=last``), both written atomically.
+        """
+        self._prepare_schedule(train_data)
+        if saved and self.start_epoch >= self.epochs:
+            self._save_checkpoint(-1, verbose=verbose)
+        for epoch in range(self.start_epoch, self.epochs):
+            start = time.time()
+            loss = self._train_epoch(train_data, epoch, show_progress=show_progress)
+            self.train_loss_dict[epoch] = loss
+            if verbose:
+                self.logger.info(self._generate_train_loss_output(epoch, start, time.time(), loss))
+            stop = False
+            if not valid_data or self.eval_step <= 0:
+                if saved:
+                    self._save_checkpoint(epoch, verbose=verbose)
+            elif (epoch + 1) % self.eval_step == 0:
+                stop = self._validate(valid_data, epoch, saved, verbose, show_progress)
+            atomic_save(self._state(epoch), self.last_model_file)
+            if callback_fn:
+                callback_fn(epoch, self.best_valid_score)
+            if stop:
+                self.logger.info(f"Finished training, best eval result in epoch {self.best_epoch}")
+                break
+        return self.best_valid_score, self.best_valid_result
+
+    def _validate(self, valid_data, epoch, saved, verbose, show_progress):
+        """One validation pass; saves on improvement; returns whether to stop early."""
+        start = time.time()
+        score, result = self._valid_epoch(valid_data, show_progress=show_progress)
+        self.best_valid_score, self.cur_step, stop, improved = early_stopping(
+            score, self.best_valid_score, self.cur_step, max_step=self.stopping_step, bigger=self.valid_metric_bigger)
+        if verbose:
+            self.logger.info(set_color("epoch %d evaluating", "green") % epoch
+                             + f" [time: {time.time() - start:.2f}s, valid_score: {score:f}]")
+            self.logger.info(set_color("valid result", "blue") + ": \n" + dict2str(result))
+        if improved:
+            self.best_valid_result = result
+            if saved:
+                self._save_checkpoint(epoch, verbose=verbose)
+        return stop
+
+    def _prepare_schedule(self, train_data):
+        model = self.model
+        self.samples = TaskSamples(train_data._dataset, model.tasks, model.max_his_len)
+        batch_size = self.config["train_batch_size"]
+        steps = math.ceil(len(self.samples.epoch_batches(0, batch_size, self.config["seed"])) / self.accumulation)
+        total = steps * self.epochs
+        warmup = int(self.config["warmup_ratio"] * total)
+        self.scheduler = warmup_cosine(self.optimizer, total, warmup)
+        if self._pending_scheduler_state is not None:
+            self.scheduler.load_state_dict(self._pending_scheduler_state)
+        self.logger.info(
+            f"{self.samples.num_samples()} training samples an epoch (tasks {model.tasks}), {steps} optimizer "
+            f"steps of {batch_size} x {self.accumulation}; warm-up {warmup} of {total} steps"
+        )
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.model.train()
+        batches = self.samples.epoch_batches(epoch_idx, self.config["train_batch_size"], self.config["seed"])
+        groups = [batches[i:i + self.accumulation] for i in range(0, len(batches), self.accumulation)]
+        progress = tqdm(groups, ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink")) if show_progress else groups
+        total_loss, total_tokens, start, seen = 0.0, 0, time.time(), 0
+        for group in progress:
+            inputs = [self._task_inputs(b) for b in group]
+            group_tokens = sum(int((inp[2] != -100).sum()) for inp in inputs)
+            self.optimizer.zero_grad()
+            for inp in inputs:
+                with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                    loss_sum, _ = self.model.token_loss(*inp)
+                # normalised over the whole accumulated batch, not per micro-batch
+                (loss_sum / group_tokens).backward()
+                total_loss += float(loss_sum.detach())
+            total_tokens += group_tokens
+            if self.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            seen += sum(len(b) for b in group)
+            if show_progress:
+                progress.set_postfix_str(f"loss {total_loss / total_tokens:.4f}, {seen / (time.time() - start):.0f} samples/s")
+        self.logger.info(f"epoch {epoch_idx}: {seen} samples in {time.time() - start:.1f}s "
+                         f"({seen / max(time.time() - start, 1e-9):.1f} samples/s), lr {self.scheduler.get_last_lr()[0]:.2e}")
+        return total_loss / max(total_tokens, 1)
+
+    def _task_inputs(self, batch):
+        batch = batch.to(self.device)
+        return self.model.task_inputs(batch.task, batch.history, batch.lengths, batch.target)
+
+    # ---------------------------------------------------------------------------- validation
+    def _valid_epoch(self, valid_data, show_progress=False):
+        return super()._valid_epoch(self._validation_users(valid_data), show_progress)
+
+    def _validation_users(self, valid_data):
+        """A fixed, seeded sample of ``valid_users`` users (all when 0), so epochs stay affordable."""
+        wanted = self.config["valid_users"] or 0
+        dataset = valid_data._dataset
+        if not wanted or wanted >= len(dataset):
+            return valid_data
+        if self._valid_subset is None:
+            rng = np.random.default_rng(self.config["seed"])
+            index = np.sort(rng.choice(len(dataset), size=wanted, replace=False))
+            subset = dataset.copy(dataset.inter_feat[torch.from_numpy(index)])
+            self._valid_subset = FullSortEvalDataLoader(self.config, subset, valid_data._sampler, shuffle=False)
+            self.logger.info(f"validation decodes a fixed sample of {wanted} of {len(dataset)} users "
+                             f"(seed {self.config['seed']}); the test decodes every user")
+        return self._valid_subset
+
+    # --------------------------------------------------------------------------- checkpoints
+    def _state(self, epoch):
+        return {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "language": self.model.language.state(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+        }
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """Best checkpoint (RecBole calls this when validation improves), written atomically."""
+        self.best_epoch = epoch
+        path = kwargs.pop("saved_model_file", self.saved_model_file)
+        atomic_save(self._state(epoch), path)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {path}")
+
+    def resume_checkpoint(self, resume_file):
+        """Resume from a checkpoint (``--resume=PATH``, or ``--resume=last`` for this model and dataset)."""
+        if str(resume_file) in ("True", "last"):
+            resume_file = self.last_model_file
+        checkpoint = load_own_checkpoint(resume_file, map_location=self.device)
+        super().resume_checkpoint(resume_file)
+        self.saved_model_file = os.path.join(self.checkpoint_dir, os.path.basename(self.saved_model_file))
+        self._pending_scheduler_state = checkpoint.get("scheduler")
+        if checkpoint.get("rng"):
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            np.random.set_state(checkpoint["rng"]["numpy"])
+
+    def load_pretrained(self, path):
+        """Start from a pre-trained model's weights (same vocabulary and backbone sizes)."""
+        checkpoint = load_own_checkpoint(path, map_location=self.device)
+        if checkpoint.get("language") != self.model.language.state():
+            raise ValueError(f"{path}: its quantitative language {checkpoint.get('language')} differs from this "
+                             f"model's {self.model.language.state()}; use the same code_max_levels/codebook_size.")
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.logger.info(f"Fine-tuning from pre-trained {path} (epoch {checkpoint['epoch']})")
+
+
+def atomic_save(state, path):
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp, pickle_protocol=4)
+    os.replace(tmp, path)
