@@ -143,7 +143,11 @@ def convert(dataset, source_dir, data_path="dataset", collision_rule="suffix"):
             f"or set {SOURCE_ENV} to the folder that holds {dataset}/."
         )
     inter_path = os.path.join(source_dir, f"{dataset}.inter.json")
-    sequences = read_json(inter_path, "Interaction file")
+    csv_paths = [os.path.join(source_dir, f"{dataset}.{part}.csv") for part in ("valid", "test")]
+    if not os.path.isfile(inter_path) and all(os.path.isfile(p) for p in csv_paths):
+        sequences, inter_path = sequences_from_windows(csv_paths), csv_paths[-1]
+    else:
+        sequences = read_json(inter_path, "Interaction file")
     if not isinstance(sequences, dict):
         raise PrepError(f"{inter_path}: expected an object {{user id: [item ids, oldest first]}}.")
     items_used = sorted({str(i) for seq in sequences.values() for i in seq}, key=_item_order)
@@ -194,6 +198,26 @@ def convert(dataset, source_dir, data_path="dataset", collision_rule="suffix"):
     summary["item_fields"] = fields
     summary["out_dir"] = out_dir
     return summary
+
+
+def sequences_from_windows(paths):
+    """Rebuild each user's chronological list from time-window CSVs (MiniOneRec's Amazon format:
+    one row per (history, next item), histories cut to 10): the longest history + target wins."""
+    import ast
+
+    import pandas as pd
+
+    best = {}
+    for path in paths:
+        try:
+            frame = pd.read_csv(path, usecols=["user_id", "history_item_id", "item_id"])
+        except (ValueError, OSError) as e:
+            raise PrepError(f"{path}: cannot read user_id/history_item_id/item_id columns ({e}).") from None
+        for user, history, item in frame.itertuples(index=False):
+            sequence = [int(i) for i in ast.literal_eval(history)] + [int(item)]
+            if len(sequence) > len(best.get(user, ())):
+                best[user] = sequence
+    return best
 
 
 def atomic_files_exist(dataset, data_path):

@@ -10,6 +10,7 @@ from recbole.data import data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_mql.config import Config
+from recbole_mql.data.item_codes import available_modalities
 from recbole_mql.utils import create_dataset, get_model, get_trainer
 
 
@@ -36,14 +37,56 @@ def load_data(config):
     return dataset, train_data, valid_data, test_data
 
 
+def run_pretraining(model, config_file_list=None, config_dict=None, cmd_args=None):
+    """Pre-train one backbone on ``pretrain_datasets`` (shared vocabulary); returns the checkpoint path.
+
+    Each dataset runs the ``pretrain_tasks`` its codes allow (paper: seqrec + seqimage, 30 epochs,
+    lr 1e-3, one epoch of warm-up), kept by validation loss.
+    """
+    from recbole_mql.trainer.pretrain import PretrainTrainer
+
+    base = build_config(model, None, config_file_list, {**(config_dict or {}), "dataset": "pretrain"}, cmd_args)
+    overrides = {
+        "tasks": base["pretrain_tasks"], "skip_unavailable_tasks": True, "epochs": base["pretrain_epochs"],
+        "learning_rate": base["pretrain_learning_rate"], "warmup_ratio": 1.0 / base["pretrain_epochs"],
+        "pretrain_datasets": None,
+    }
+    models, trains, valids, backbone = [], [], [], None
+    for name in base["pretrain_datasets"]:
+        config = build_config(model, name, config_file_list, {**(config_dict or {}), **overrides}, cmd_args)
+        config["eval_modality"] = "text"
+        _, train, valid, _ = load_data(config)
+        if "text" not in available_modalities(train._dataset):
+            config["eval_modality"] = "image"
+        init_seed(config["seed"], config["reproducibility"])
+        net = get_model(config["model"])(config, train._dataset).to(config["device"])
+        if backbone is None:
+            backbone, first_config = net.t5, config
+        net.t5 = backbone  # one model, many code tables
+        models.append(net)
+        trains.append(train)
+        valids.append(valid)
+    trainer = PretrainTrainer(first_config, models, trains, valids)
+    trainer.fit_all(show_progress=first_config["show_progress"])
+    getLogger().info(f"pre-trained on {base['pretrain_datasets']}: {trainer.saved_model_file} "
+                     f"(best epoch {trainer.best_epoch}, {trainer.best_valid_result})")
+    return trainer.saved_model_file
+
+
 def run_recbole_mql(model=None, dataset=None, config_file_list=None, config_dict=None,
                     cmd_args=None, saved=True):
     """Train ``model`` on ``dataset`` and evaluate it with full ranking; returns RecBole's result dict
-    plus ``best_epoch``, ``train_seconds``, ``eval_seconds``, ``params`` and ``saved_model_file``."""
+    plus ``best_epoch``, ``train_seconds``, ``eval_seconds``, ``params`` and ``saved_model_file``.
+
+    With ``pretrain_datasets`` set, first pre-trains on them, then fine-tunes on ``dataset`` from
+    that checkpoint; ``pretrained_checkpoint`` fine-tunes from an existing one.
+    """
     config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
+    if config["pretrain_datasets"]:
+        config["pretrained_checkpoint"] = run_pretraining(config["model"], config_file_list, config_dict, cmd_args)
     logger.info(" ".join(sys.argv))
     logger.info(config)
 
@@ -55,6 +98,8 @@ def run_recbole_mql(model=None, dataset=None, config_file_list=None, config_dict
     logger.info(model)
     params = sum(p.numel() for p in model.parameters())
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    if config["pretrained_checkpoint"]:
+        trainer.load_pretrained(config["pretrained_checkpoint"])
     if config["resume"]:
         trainer.resume_checkpoint(config["resume"])
 

@@ -113,7 +113,8 @@ def test_wide_beam_equals_exhaustive_scoring(n_levels):
     model, token_ids = tiny_model(n_levels=n_levels, codes_per_level=5, seed=3)
     input_ids, mask = histories(3, token_ids, lengths=[10, 4, 7], seed=4)
     items, scores = ConstrainedBeamSearch(model, token_ids).search(input_ids, mask, trie, beam_size=32)
-    expected_scores, expected_items = hf_item_scores(model, token_ids, codes, input_ids, mask).sort(dim=1, descending=True)
+    exhaustive = hf_item_scores(model, token_ids, codes, input_ids, mask)
+    expected_scores, expected_items = exhaustive.sort(dim=1, descending=True)
     assert torch.equal(items[:, :25], expected_items)
     torch.testing.assert_close(scores[:, :25], expected_scores, atol=1e-5, rtol=1e-5)
     assert (items[:, 25:] == -1).all()
@@ -167,3 +168,10 @@ def test_prefix_trie_tables_and_helpers():
     assert allowed(0, torch.tensor([0])) == [10, 12]
     assert allowed(0, torch.tensor([0, 10, 21])) == [32, 33]
     assert allowed(0, torch.tensor([0, 11])) == [0]  # no item starts so: a dead end, not an empty list
+
+
+def test_search_refuses_a_model_in_training_mode():
+    model, token_ids = tiny_model(n_levels=4, codes_per_level=4)
+    input_ids, mask = histories(1, token_ids, lengths=[3])
+    with pytest.raises(ValueError, match="eval"):
+        ConstrainedBeamSearch(model.train(), token_ids).search(input_ids, mask, PrefixTrie(random_codes(5, 4, 4)), 3)

@@ -8,7 +8,7 @@ from recbole.utils import init_seed
 
 from dataset_prep.atomic import convert
 from recbole_mql.model.ensemble import ensemble_rank
-from recbole_mql.model.quantitative_language import EOS_ID, CodeError
+from recbole_mql.data.quantitative_language import EOS_ID, CodeError
 from recbole_mql.quick_start import build_config, load_data
 from recbole_mql.utils import get_model, get_trainer
 from tests.conftest import SMALL_T5, quiet_config, subset_source

@@ -2,7 +2,7 @@
 
 import torch
 
-from recbole_mql.model.quantitative_language import CodeError
+from recbole_mql.data.quantitative_language import CodeError
 
 CODE_FIELDS = {"text": "text_code", "image": "image_code"}
 

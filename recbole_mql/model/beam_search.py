@@ -2,7 +2,9 @@
 
 It returns what HF ``generate(num_beams=B, num_return_sequences=B, max_new_tokens=L,
 prefix_allowed_tokens_fn=<real trie>, length_penalty=1.0)`` returns -- the same items and
-scores -- but spends its FLOPs differently (see DESIGN.md, "Where decoding time goes"):
+scores (where fewer than B items are reachable HF pads with beams scored around -1e9 / L,
+this returns -1 and -inf) -- but spends its FLOPs differently (see DESIGN.md, "Where
+decoding time goes"):
 
 - the encoder runs once per user, and each decoder layer's cross-attention keys/values are
   projected once per user and broadcast over that user's beams (HF repeats the encoder
@@ -155,14 +157,12 @@ class ConstrainedBeamSearch:
     """
 
     def __init__(self, model, level_token_ids, chunk_users=None):
-        if model.training:
-            raise ValueError("call model.eval() first: beam search must run without dropout")
         self.model = model
         self.decoder = T5StepDecoder(model)
         self.level_token_ids = [torch.as_tensor(ids, dtype=torch.long) for ids in level_token_ids]
         self.start_token = model.config.decoder_start_token_id
-        # Measured on a 2-core CPU: 16 to 64 users per chunk all beat 128 and more (the working set
-        # stays in cache); a GPU wants far more rows per kernel.
+        # Measured on a 2-core CPU: 16 to 64 users per chunk ran alike, 128 about 20% slower (the
+        # working set falls out of cache); a GPU wants far more rows per kernel.
         self.chunk_users = chunk_users or (32 if self.device.type == "cpu" else 1024)
 
     @property
@@ -183,6 +183,8 @@ class ConstrainedBeamSearch:
             scores: FloatTensor ``[users, B]``, summed full-vocabulary log-probabilities of
                 the item's L code tokens divided by L, descending; -inf where items is -1.
         """
+        if self.model.training:
+            raise ValueError("call model.eval() first: beam search must run without dropout")
         if trie.num_levels > len(self.level_token_ids):
             raise ValueError(f"the trie has {trie.num_levels} levels, level_token_ids only {len(self.level_token_ids)}")
         device = self.device
@@ -193,6 +195,8 @@ class ConstrainedBeamSearch:
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         items = torch.full((input_ids.shape[0], beam_size), -1, dtype=torch.long, device=device)
         scores = torch.full(items.shape, float("-inf"), device=device)
+        if input_ids.shape[0] == 0:
+            return items, scores
         with torch.inference_mode():
             # Similar lengths together: the encoder and cross-attention cost grows with the padded width.
             order = attention_mask.sum(dim=1).argsort(stable=True)

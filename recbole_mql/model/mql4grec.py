@@ -17,7 +17,7 @@ from recbole_mql.data.item_codes import available_modalities, item_code_table
 from recbole_mql.model.beam_search import ConstrainedBeamSearch
 from recbole_mql.model.ensemble import ensemble_rank
 from recbole_mql.model.prefix_trie import PrefixTrie
-from recbole_mql.model.quantitative_language import EOS_ID, PAD_ID, CodeError, QuantitativeLanguage
+from recbole_mql.data.quantitative_language import EOS_ID, PAD_ID, CodeError, QuantitativeLanguage
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +206,8 @@ class MQL4GRec(SequentialRecommender):
         ranked = []
         for modality in self.eval_modalities:
             input_ids, attention_mask = self.encode_history(history, lengths, modality)
+            if self.tries[modality].device != input_ids.device:  # move once, not every batch
+                self.tries[modality] = self.tries[modality].to(input_ids.device)
             decoder = ConstrainedBeamSearch(self.t5, self.level_ids[modality])
             rows, scores = decoder.search(input_ids, attention_mask, self.tries[modality], self.beam_size)
             ranked.append((torch.where(rows >= 0, rows + 1, rows), scores))  # trie row -> item id

@@ -92,24 +92,36 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
                 self._save_checkpoint(epoch, verbose=verbose)
         return stop
 
+    def _build_samples(self, train_data):
+        return [TaskSamples(train_data._dataset, self.model.tasks, self.model.max_his_len)]
+
+    def _epoch_batches(self, epoch):
+        """This epoch's micro-batches of every source, shuffled together (depends on seed and epoch only)."""
+        seed, batch_size = self.config["seed"], self.config["train_batch_size"]
+        batches = [b for samples in self.samples for b in samples.epoch_batches(epoch, batch_size, seed)]
+        if len(self.samples) > 1:
+            order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed + epoch))
+            batches = [batches[i] for i in order]
+        return batches
+
     def _prepare_schedule(self, train_data):
         model = self.model
-        self.samples = TaskSamples(train_data._dataset, model.tasks, model.max_his_len)
+        self.samples = self._build_samples(train_data)
         batch_size = self.config["train_batch_size"]
-        steps = math.ceil(len(self.samples.epoch_batches(0, batch_size, self.config["seed"])) / self.accumulation)
+        steps = math.ceil(len(self._epoch_batches(0)) / self.accumulation)
         total = steps * self.epochs
         warmup = int(self.config["warmup_ratio"] * total)
         self.scheduler = warmup_cosine(self.optimizer, total, warmup)
         if self._pending_scheduler_state is not None:
             self.scheduler.load_state_dict(self._pending_scheduler_state)
         self.logger.info(
-            f"{self.samples.num_samples()} training samples an epoch (tasks {model.tasks}), {steps} optimizer "
+            f"{sum(s.num_samples() for s in self.samples)} training samples an epoch (tasks {model.tasks}), {steps} optimizer "
             f"steps of {batch_size} x {self.accumulation}; warm-up {warmup} of {total} steps"
         )
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.model.train()
-        batches = self.samples.epoch_batches(epoch_idx, self.config["train_batch_size"], self.config["seed"])
+        batches = self._epoch_batches(epoch_idx)
         groups = [batches[i:i + self.accumulation] for i in range(0, len(batches), self.accumulation)]
         progress = tqdm(groups, ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink")) if show_progress else groups
         total_loss, total_tokens, start, seen = 0.0, 0, time.time(), 0
@@ -137,7 +149,10 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
 
     def _task_inputs(self, batch):
         batch = batch.to(self.device)
-        return self.model.task_inputs(batch.task, batch.history, batch.lengths, batch.target)
+        return self._source_model(batch.source).task_inputs(batch.task, batch.history, batch.lengths, batch.target)
+
+    def _source_model(self, source):
+        return self.model
 
     # ---------------------------------------------------------------------------- validation
     def _valid_epoch(self, valid_data, show_progress=False):
