@@ -17,7 +17,7 @@ from tests.conftest import SMALL_T5, quiet_config, subset_source
 @pytest.fixture(scope="module")
 def data_path(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
-    convert("Instruments", subset_source("Instruments", 1500, str(root / "src")), str(root / "data"))
+    convert("Instruments", subset_source("Instruments", 600, str(root / "src")), str(root / "data"))
     convert("Scientific", subset_source("Scientific", 300, str(root / "src_sci")), str(root / "data"))
     return str(root / "data")
 
@@ -137,7 +137,7 @@ def test_training_lowers_loss_and_beats_popularity(data_path, tmp_path):
 
 
 def test_resume_gives_the_same_next_step(data_path, tmp_path):
-    extra = dict(epochs=2, valid_users=50, train_batch_size=256)
+    extra = dict(epochs=2, valid_users=20, train_batch_size=256, tasks=["seqrec", "fusionseqrec", "item2image"])
     _, (train, valid, _), net, trainer = setup("MQL4GRec", "Instruments", data_path, tmp_path, **extra)
     trainer.fit(train, valid, saved=True)
     straight = {k: v.clone() for k, v in net.state_dict().items()}

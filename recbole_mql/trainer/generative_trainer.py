@@ -114,6 +114,9 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
         self.scheduler = warmup_cosine(self.optimizer, total, warmup)
         if self._pending_scheduler_state is not None:
             self.scheduler.load_state_dict(self._pending_scheduler_state)
+            # a new LambdaLR has just written lr(step 0) into the optimizer: restore the resumed one
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr
         self.logger.info(
             f"{sum(s.num_samples() for s in self.samples)} training samples an epoch (tasks {model.tasks}), {steps} optimizer "
             f"steps of {batch_size} x {self.accumulation}; warm-up {warmup} of {total} steps"
