@@ -1,0 +1,88 @@
+"""Training speed: our setup against the authors' at the same (paper) model size.
+
+Ours: the quantitative-language vocabulary (2,567 tokens), batches bucketed by history length,
+optional bf16 autocast. Authors': t5-small's 32,128 words + 2,048 code tokens (34,176), random
+batches padded to the longest history, fp32. Both train the paper's T5 (4+4 layers, d_model 128)
+on the same real Instruments next-item samples (seqrec), AdamW step included.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/train_speed.py --batches 12 --batch_size 256
+"""
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
+from recbole_mql.data.task_samples import TaskBatch, TaskSamples  # noqa: E402
+from recbole_mql.model.mql4grec import build_backbone  # noqa: E402
+from recbole_mql.quick_start import build_config, load_data  # noqa: E402
+from recbole_mql.utils import get_model  # noqa: E402
+
+AUTHORS_VOCAB = 32128 + 2048
+DEFAULT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+
+
+def samples_per_second(model, t5, batches, autocast):
+    """Train ``t5`` on ``batches`` (fwd + bwd + AdamW step); returns samples/s."""
+    optimizer = torch.optim.AdamW(t5.parameters(), lr=5e-4, weight_decay=0.01)
+    t5.train()
+    start, seen = time.time(), 0
+    for batch in batches:
+        ids, mask, labels = model.task_inputs(batch.task, batch.history, batch.lengths, batch.target)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = t5(input_ids=ids, attention_mask=mask, decoder_input_ids=t5._shift_right(labels)).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        seen += len(batch)
+    return seen / (time.time() - start)
+
+
+def bucket(batches, batch_size):
+    """The samples of ``batches`` re-batched in order of history length (what TaskSamples does)."""
+    target = torch.cat([b.target for b in batches])
+    history = torch.cat([b.history for b in batches])
+    lengths = torch.cat([b.lengths for b in batches])
+    order = lengths.clamp(max=20).argsort(stable=True)
+    return [TaskBatch("seqrec", target[i], history[i], lengths[i]) for i in order.split(batch_size)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batches", type=int, default=12)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--data_path", default="dataset")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("RECBOLE_MQL_SOURCE", DEFAULT_SOURCE)
+    config = build_config("TIGER", "Instruments", config_dict={"data_path": args.data_path, "state": "ERROR"})
+    _, train, _, _ = load_data(config)
+    model = get_model("TIGER")(config, train._dataset)
+    unsorted = TaskSamples(train._dataset, ["seqrec"], 20, bucket_chunk=1).epoch_batches(0, args.batch_size, 0)
+    unsorted = unsorted[: args.batches]
+    bucketed = bucket(unsorted, args.batch_size)  # the very same samples, grouped by length
+    ours_t5 = model.t5
+    authors_t5 = build_backbone(config, AUTHORS_VOCAB)
+    runs = {
+        "ours (2.6k vocab, length buckets, bf16)": (ours_t5, bucketed, True),
+        "ours (2.6k vocab, length buckets, fp32)": (ours_t5, bucketed, False),
+        "authors (34k vocab, pad to longest, fp32)": (authors_t5, unsorted, False),
+    }
+    best = {name: 0.0 for name in runs}
+    for _ in range(args.repeats):  # interleaved, best of repeats: the machine may be shared
+        for name, (t5, batches, autocast) in runs.items():
+            best[name] = max(best[name], samples_per_second(model, t5, batches, autocast))
+    baseline = best["authors (34k vocab, pad to longest, fp32)"]
+    print(f"threads {torch.get_num_threads()}, {args.batches} batches of {args.batch_size}, best of {args.repeats}")
+    for name, value in best.items():
+        print(f"{name:45s} {value:8.1f} samples/s   x{value / baseline:.2f} vs authors")
+
+
+if __name__ == "__main__":
+    main()
