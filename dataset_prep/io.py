@@ -20,6 +20,9 @@ def atomic_write(path, mode="w", encoding="utf-8"):
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
             yield f
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the output is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -225,7 +225,7 @@ def stage_rqvae(args, feature, datasets):
         write_json(history_path, history)
         last = history["epochs"][-1] if history["epochs"] else {}
         return {"items": sum(len(a) for a in arrays), "epochs": config.epochs,
-                "final_loss": last.get("loss"), "init_collision_rate": history["init_collision_rate"],
+                "final_loss": float(last.get("loss", "nan")), "init_collision_rate": history["init_collision_rate"],
                 "best_epoch": history["best_epoch"], "best_collision_rate": history["best_collision_rate"]}
 
     settings = {"config": config.as_dict(), "datasets": list(datasets), "feature": feature}
@@ -274,7 +274,8 @@ def stage_codes(args, feature, checkpoint, name):
     # convert() reads every <name>.index*.json as a code file: the summary (which carries the stage
     # sidecar) and the plot are named so that they never match.
     outputs = [os.path.join(folder, f"{name}.codes_{tag}.summary.json"),
-               os.path.join(folder, f"{name}.index_{tag}.json"), os.path.join(folder, f"{name}.codes_{tag}.usage.png")]
+               os.path.join(folder, f"{name}.index_{tag}.json"),
+               os.path.join(folder, f"{name}.codes_{tag}.usage.png")]
 
     def work():
         model, _ = rqvae.load_checkpoint(checkpoint)
@@ -320,7 +321,8 @@ def stage_atomic(args, name):
         return None
     # exactly what convert() reads: interactions, item text, every code file
     inputs = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
-              if f in (f"{name}.inter.json", f"{name}.item.json") or (f.startswith(f"{name}.index") and f.endswith(".json"))]
+              if f in (f"{name}.inter.json", f"{name}.item.json")
+              or (f.startswith(f"{name}.index") and f.endswith(".json"))]
     outputs = [os.path.join(args.data_path, name, f"{name}.{ext}") for ext in ("inter", "item")]
 
     def work():
@@ -343,6 +345,9 @@ def _common(parser):
     parser.add_argument("--device", default=None, help="torch device (default: cpu; RQ-VAE: the YAML's)")
     parser.add_argument("--force", action="store_true", help="redo the stage(s) even if cached")
     parser.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's). On a machine shared with other jobs, 1 can be "
+                             "several times faster: busy cores stall multi-threaded steps")
 
 
 def _add_raw(sub):
@@ -374,8 +379,8 @@ def _add_text_flags(p):
     p.add_argument("--batch_size", type=int, default=64)
 
 
-def _add_image_flags(p, required=False):
-    p.add_argument("--images", required=required, help="folder of <asin>.jpg or <item id>.jpg (or <DIR>/<Name>/)")
+def _add_image_flags(p):
+    p.add_argument("--images", help="folder of <asin>.jpg or <item id>.jpg (or <DIR>/<Name>/)")
     p.add_argument("--clip_arch", default="ViT-L-14", help="open_clip architecture, or local-dir:/folder")
     p.add_argument("--clip_weights", default="openai", help="pretrained tag or local checkpoint file")
     p.add_argument("--image_batch_size", dest="batch_size", type=int, default=32)
@@ -465,6 +470,11 @@ def run_all(args):
 def main(argv):
     """Entry point of the pipeline sub-commands (``python -m dataset_prep <stage> ...``)."""
     args = build_parser().parse_args(argv)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports CPU-feature probing at INFO
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.stage == "raw":
         stage_raw(args)
     elif args.stage == "text":

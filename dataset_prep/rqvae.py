@@ -2,7 +2,8 @@
 feature vector into ``levels`` code indices, one per codebook.
 
 - MLP encoder ``in -> 2048 -> 1024 -> 512 -> 256 -> 128 -> 64 -> 32`` (ReLU between layers, none
-  after the last), mirrored decoder.
+  after the last; Xavier-normal weights, zero biases), mirrored decoder. Features go in as they
+  are (not normalised), as in the paper.
 - ``levels`` codebooks of ``codebook_size`` vectors of ``code_dim``: level ``l`` quantizes the
   residual left by levels ``< l``.
 - loss = reconstruction MSE + mean over levels of (codebook MSE + beta x commitment MSE).
@@ -82,10 +83,20 @@ class RQVAEConfig:
 
 
 def mlp(sizes):
-    """Linear layers through ``sizes`` with ReLU between them (none after the last)."""
+    """Linear layers through ``sizes`` with ReLU between them (none after the last).
+
+    Weights are Xavier-normal, biases zero. With PyTorch's default init each ReLU layer shrinks the
+    signal several-fold, so after 7 layers the encoder output is nearly constant: measured on
+    MiniLM features of Scientific, training then sat at the features' variance (reconstructing the
+    mean) for 15+ epochs while the codes collapsed (98% collisions); with Xavier init the
+    reconstruction improves from the first epoch and the collision rate falls steadily.
+    """
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
+        linear = nn.Linear(a, b)
+        nn.init.xavier_normal_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
@@ -274,7 +285,7 @@ def _train_epoch(model, optimizer, x, batch_size, generator):
         loss.backward()
         optimizer.step()
         sums += len(batch) * np.array([loss.item(), recon.item(), quant.item()])
-    loss, recon, quant = sums / x.shape[0]
+    loss, recon, quant = (sums / x.shape[0]).tolist()
     return {"loss": loss, "recon": recon, "quant": quant}
 
 

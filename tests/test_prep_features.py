@@ -111,3 +111,21 @@ def test_image_features_with_a_local_tiny_clip(tmp_path):
     assert not np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
     with pytest.raises(PrepError, match="1 of 4 items have no image"):
         image_features.image_paths(4, str(tmp_path / "images"), item2id)
+
+
+def test_image_stage_through_the_cli(tmp_path):
+    from dataset_prep.pipeline import main
+
+    tiny_clip_folder(str(tmp_path / "tiny-clip"))
+    draw_images(str(tmp_path / "images"), ["B0001", "B0002"])
+    folder = tmp_path / "out" / "Toy"
+    folder.mkdir(parents=True)
+    (folder / "Toy.item.json").write_text(json.dumps({"0": {"title": "a"}, "1": {"title": "b"}}))
+    (folder / "Toy.item2id").write_text("B0002\t0\nB0001\t1\n")
+    main(["image", "--datasets", "Toy", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "out"),
+          "--clip_arch", f"local-dir:{tmp_path / 'tiny-clip'}", "--quiet"])
+    vectors = np.load(folder / "Toy.image_tiny-clip.npy")
+    model, preprocess = image_features.load_clip(f"local-dir:{tmp_path / 'tiny-clip'}")
+    expected = image_features.encode_images([str(tmp_path / "images" / "B0002.jpg")], model, preprocess,
+                                            progress=False)
+    np.testing.assert_allclose(vectors[:1], expected, atol=1e-6)   # row 0 is item 0 = B0002
