@@ -14,7 +14,9 @@ from dataset_prep.io import PrepError
 def convert_main(argv):
     from dataset_prep.atomic import SOURCE_ENV, convert, resolve_source
 
-    parser = argparse.ArgumentParser(prog="python -m dataset_prep", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m dataset_prep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="stages: " + ", ".join(STAGES) + " (python -m dataset_prep <stage> --help)")
     parser.add_argument("dataset", help="dataset name, e.g. Instruments")
     parser.add_argument("--source", help=f"folder with the dataset's source files (default: ${SOURCE_ENV}/<dataset>)")
     parser.add_argument("--data_path", default="dataset", help="parent folder of the atomic files (default: dataset)")
