@@ -1,16 +1,38 @@
-"""Command line of run_recbole_mql.py: RecBole-style ``--key=value`` flags, any config key."""
+"""Command line of run_recbole_mql.py: RecBole-style ``--key=value`` flags, any config key.
+
+Three modes: train one model (``--model``), compare several (``--compare``), or look at a trained
+model's recommendations (``--recommend``).
+"""
 
 import sys
 import warnings
+
+import pandas as pd
 
 from dataset_prep.io import PrepError
 from recbole_mql.config import UnknownConfigKeyError
 from recbole_mql.utils import UnknownModelError
 
-USAGE = """usage: python run_recbole_mql.py --model=NAME --dataset=NAME [--config_files=a.yaml,b.yaml] [--key=value ...]
-  --model      MQL4GRec, TIGER, or any RecBole model (SASRec, BERT4Rec, FDSA, ...)
-  --dataset    a dataset under data_path (default dataset/), converted from --source on first use
-  --key=value  any RecBole or recbole_mql config key (see properties/*.yaml)"""
+USAGE = """usage:
+  python run_recbole_mql.py --model=NAME --dataset=NAME [--protocol=cpu|paper|FILE] [--config_files=a.yaml,b.yaml]
+                            [--key=value ...]
+  python run_recbole_mql.py --compare=A,B,... --dataset=NAME [--protocol=cpu|paper|FILE] [--with_reference]
+                            [--results_dir=results] [--resume_dir=DIR] [--key=value ...]
+  python run_recbole_mql.py --recommend --checkpoint=PATH --user=ID [--topk=10] [--key=value ...]
+
+  --model          MQL4GRec, TIGER, or any RecBole model (SASRec, BERT4Rec, FDSA, ...)
+  --dataset        a dataset under data_path (default dataset/), converted from --source on first use
+  --protocol       training budget from properties/protocol/<name>.yaml (cpu: a few hours on 2 cores;
+                   paper: the published budgets, for a GPU) or a YAML file
+  --compare        comma-separated models, trained and tested in turn on one split; writes a table,
+                   a plot, each model's log and config to <results_dir>/<dataset>/<timestamp>/
+  --with_reference add the published numbers (properties/reference/<dataset>.yaml) and ours / published
+  --resume_dir     a comparison folder to finish: models with a result there are not run again
+  --recommend      print a user's history and top-k items from a checkpoint (--user: the user id token
+                   of <dataset>.inter); --key=value overrides its stored config (e.g. --data_path)
+  --key=value      any RecBole or recbole_mql config key (see properties/*.yaml)"""
+
+TRUE = ("true", "1", "yes", "")
 
 
 def parse_flags(argv):
@@ -24,6 +46,67 @@ def parse_flags(argv):
     return flags
 
 
+def pop_bool(flags, key):
+    return str(flags.pop(key, "false")).lower() in TRUE
+
+
+def config_files(flags):
+    return [f for f in flags.pop("config_files", "").split(",") if f]
+
+
+def protocol_dict(flags, model):
+    """The config keys ``--protocol`` sets for ``model`` (empty without the flag)."""
+    from recbole_mql.compare import load_protocol, protocol_config
+
+    return protocol_config(load_protocol(flags.pop("protocol", None)), model)
+
+
+def run_single(flags):
+    from recbole_mql.quick_start import run_recbole_mql
+
+    files = config_files(flags)
+    model = flags.pop("model", "MQL4GRec")
+    dataset = flags.pop("dataset", "Instruments")
+    result = run_recbole_mql(model=model, dataset=dataset, config_file_list=files,
+                             config_dict=protocol_dict(flags, model), cmd_args=flags)
+    print("test result: " + "  ".join(f"{k}: {float(v):.4f}" for k, v in result["test_result"].items()))
+
+
+def run_compare(flags):
+    from recbole_mql.compare import run_comparison
+
+    if "model" in flags:
+        raise ValueError("Give either --model=NAME (one model) or --compare=A,B,... (several), not both.")
+    models = flags.pop("compare")
+    if models == "True":
+        raise ValueError("--compare needs the models, e.g. --compare=SASRec,BERT4Rec,FDSA,TIGER,MQL4GRec.")
+    files = config_files(flags)
+    run_comparison(
+        models, flags.pop("dataset", "Instruments"), config_file_list=files,
+        with_reference=pop_bool(flags, "with_reference"), results_dir=flags.pop("results_dir", "results"),
+        resume_dir=flags.pop("resume_dir", None), protocol=flags.pop("protocol", None), cmd_args=flags)
+
+
+def run_recommend(flags):
+    from recbole_mql.recommend import load_checkpoint, parse_overrides, top_k, user_history
+
+    flags.pop("recommend")
+    missing = [key for key in ("checkpoint", "user") if not flags.get(key) or flags[key] == "True"]
+    if missing:
+        raise ValueError(f"--recommend needs {' and '.join('--' + k + '=...' for k in missing)} (see --help).")
+    checkpoint, user = flags.pop("checkpoint"), flags.pop("user")
+    topk = flags.pop("topk", "10")
+    if not topk.isdigit():
+        raise ValueError(f"--topk={topk}: give the number of items to recommend, e.g. --topk=10.")
+    loaded = load_checkpoint(checkpoint, parse_overrides(flags))
+    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        print(f"{loaded.config['model']} on {loaded.config['dataset']} ({checkpoint})")
+        print(f"\nhistory of user {user} (oldest first):")
+        print(user_history(loaded, user).to_string(index=False))
+        print(f"\ntop-{topk} for user {user}:")
+        print(top_k(loaded, user, int(topk)).to_string(index=False))
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     # RecBole 1.2.1 on pandas 2.x warns on every dataset load about its own chained assignments.
@@ -33,14 +116,13 @@ def main(argv=None):
         return 0
     try:
         flags = parse_flags(argv)
-        config_files = [f for f in flags.pop("config_files", "").split(",") if f]
-        model = flags.pop("model", "MQL4GRec")
-        dataset = flags.pop("dataset", "Instruments")
-        from recbole_mql.quick_start import run_recbole_mql
-
-        result = run_recbole_mql(model=model, dataset=dataset, config_file_list=config_files, cmd_args=flags)
+        if "compare" in flags:
+            run_compare(flags)
+        elif "recommend" in flags:
+            run_recommend(flags)
+        else:
+            run_single(flags)
     except (UnknownModelError, UnknownConfigKeyError, PrepError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print("test result: " + "  ".join(f"{k}: {float(v):.4f}" for k, v in result["test_result"].items()))
     return 0

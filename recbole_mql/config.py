@@ -20,9 +20,14 @@ PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 # Keys that the harness itself reads (CLI / quick start), not in any property file.
 HARNESS_KEYS = {
     "model", "dataset", "config_files", "source", "resume", "compare", "with_reference",
-    "recommend", "checkpoint", "user", "results_dir", "protocol",
+    "recommend", "checkpoint", "user", "results_dir", "protocol", "resume_dir",
     "nproc", "world_size", "ip", "port", "offset", "local_rank",
 }
+
+
+# properties/ folders whose YAML files are not config keys (published numbers, dataset_prep settings) or are checked
+# against the keys (protocols), so they must not define them.
+NOT_CONFIG_FOLDERS = {"reference", "protocol", "prep"}
 
 
 class UnknownConfigKeyError(KeyError):
@@ -51,6 +56,8 @@ def known_config_keys():
     recbole_props = os.path.join(os.path.dirname(recbole.__file__), "properties")
     for pattern in (os.path.join(recbole_props, "**", "*.yaml"), os.path.join(PROPERTIES_DIR, "**", "*.yaml")):
         for path in glob.glob(pattern, recursive=True):
+            if os.path.basename(os.path.dirname(path)) in NOT_CONFIG_FOLDERS:
+                continue
             with open(path, encoding="utf-8") as f:
                 content = yaml.safe_load(f)
             if isinstance(content, dict):

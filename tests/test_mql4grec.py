@@ -156,6 +156,8 @@ def test_resume_gives_the_same_next_step(data_path, tmp_path):
     _, (train, valid, _), net, trainer = setup("MQL4GRec", "Instruments", data_path, tmp_path / "b", **extra)
     trainer.resume_checkpoint(last)
     assert trainer.start_epoch == 1
+    assert trainer.saved_model_file != last  # the best model never overwrites the last state
     trainer.fit(train, valid, saved=True)
+    assert trainer.evaluate(valid, load_best_model=True)["ndcg@10"] >= 0
     for key, value in net.state_dict().items():
         assert torch.allclose(value, straight[key], atol=1e-6), key

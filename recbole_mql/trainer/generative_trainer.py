@@ -188,6 +188,7 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "language": self.model.language.state(),
+            "best_model_file": self.saved_model_file,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
         }
 
@@ -205,7 +206,10 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
             resume_file = self.last_model_file
         checkpoint = load_own_checkpoint(resume_file, map_location=self.device)
         super().resume_checkpoint(resume_file)
-        self.saved_model_file = os.path.join(self.checkpoint_dir, os.path.basename(self.saved_model_file))
+        # keep writing the best model where the interrupted run did, never over the last-state file
+        self.saved_model_file = checkpoint.get("best_model_file") or self.saved_model_file
+        if os.path.abspath(self.saved_model_file) == os.path.abspath(self.last_model_file):
+            self.saved_model_file = self.last_model_file.replace("-last.pth", "-best.pth")
         self._pending_scheduler_state = checkpoint.get("scheduler")
         if checkpoint.get("rng"):
             torch.set_rng_state(checkpoint["rng"]["torch"])

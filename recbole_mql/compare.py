@@ -1,0 +1,466 @@
+"""Side-by-side comparison: several models trained and tested one after another by
+:func:`recbole_mql.quick_start.run_recbole_mql` (same seed, same split, same evaluator), reported as
+one table (CSV + Markdown) and one grouped bar chart.
+
+A comparison lives in ``<results_dir>/<dataset>/<timestamp>/``::
+
+    comparison.json         dataset, models and the settings every model ran with (checked on resume)
+    <Model>.result.json     the model's row, written atomically as soon as the model finishes
+    <Model>.config.yaml     the resolved config the model ran with
+    <Model>.log             the model's RecBole log (every record of its run, RecBole's format)
+    checkpoints/            best checkpoints (for ``--recommend``), unless checkpoint_dir is given
+    results.csv, results.md, metrics.png; reference.csv with ``with_reference``
+
+A model that raises is a ``failed`` row carrying its error; one whose ``selected_features`` the
+dataset lacks is ``skipped``; the others still run. Re-running into the same directory
+(``resume_dir``) skips every model whose row says ``ok``.
+"""
+
+import contextlib
+import csv
+import gc
+import io
+import json
+import logging
+import os
+import time
+import traceback
+
+import numpy as np
+import torch
+import yaml
+from recbole.utils import init_logger
+
+from recbole_mql.config import PROPERTIES_DIR, check_config_keys
+from recbole_mql.quick_start import build_config, prepare_atomic_files, run_recbole_mql
+
+PROTOCOL_DIR = os.path.join(PROPERTIES_DIR, "protocol")
+REFERENCE_DIR = os.path.join(PROPERTIES_DIR, "reference")
+# (RecBole's result key, column name) of the metrics in the table, the plot and the reference.
+METRICS = [("hit@1", "HR@1"), ("hit@5", "HR@5"), ("hit@10", "HR@10"), ("ndcg@5", "NDCG@5"), ("ndcg@10", "NDCG@10")]
+METRIC_NAMES = [name for _, name in METRICS]
+COLUMNS = (["model", "status"] + METRIC_NAMES
+           + ["best epoch", "train seconds", "eval seconds", "parameter count", "error"])
+REFERENCE_COLUMNS = ["model", "source"] + METRIC_NAMES
+MANIFEST = "comparison.json"
+LOG_FORMAT = "%(asctime)-15s %(levelname)s  %(message)s"  # RecBole's log-file format
+
+
+class CompareError(ValueError):
+    """A comparison that cannot start or resume (bad protocol, reference or results folder)."""
+
+
+class ModelSkipped(Exception):
+    """A model that cannot run on this dataset as configured; the message says why and the fix."""
+
+
+# ------------------------------------------------------------------------------------ protocols
+def yaml_names(folder):
+    """Names of the ``*.yaml`` files in ``folder`` (for error messages)."""
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
+
+
+def protocol_path(protocol):
+    """``cpu`` -> ``properties/protocol/cpu.yaml``; a path to a YAML file is taken as it is."""
+    if protocol.endswith((".yaml", ".yml")) or os.sep in protocol:
+        path = protocol
+    else:
+        path = os.path.join(PROTOCOL_DIR, f"{protocol}.yaml")
+    if not os.path.isfile(path):
+        known = yaml_names(PROTOCOL_DIR)
+        raise CompareError(f"Protocol '{protocol}' not found ({path}): use one of {', '.join(known) or 'none'} "
+                           f"(properties/protocol/<name>.yaml) or a path to a protocol YAML file.")
+    return path
+
+
+def load_protocol(protocol):
+    """The protocol's YAML as ``{"path", "common": {...}, "models": {Model: {...}}}``; ``None`` -> empty."""
+    if not protocol:
+        return {"path": None, "common": {}, "models": {}}
+    path = protocol_path(protocol)
+    with open(path, encoding="utf-8") as f:
+        content = yaml.safe_load(f) or {}
+    models = (content.pop("models", None) or {}) if isinstance(content, dict) else None
+    if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
+        raise CompareError(f"{path}: a protocol is a mapping of config keys plus an optional "
+                           f"'models: {{Model: {{key: value}}}}' mapping; see properties/protocol/cpu.yaml.")
+    for section in [content, *models.values()]:
+        try:
+            check_config_keys(section)
+        except KeyError as e:
+            raise CompareError(f"{path}: {e}") from None
+    return {"path": path, "common": content, "models": models}
+
+
+def protocol_config(protocol, model):
+    """The config keys ``protocol`` (from :func:`load_protocol`) sets for ``model``: its common keys,
+    then the model's own section over them."""
+    return {**protocol["common"], **protocol["models"].get(model, {})}
+
+
+# ------------------------------------------------------------------------------ results folder
+def open_run_dir(results_dir, dataset, resume_dir=None):
+    """``resume_dir`` if given (created if new), else a new ``<results_dir>/<dataset>/<timestamp>``."""
+    if resume_dir:
+        os.makedirs(resume_dir, exist_ok=True)
+        return resume_dir
+    base = os.path.join(results_dir, dataset, time.strftime("%Y-%m-%d_%H-%M-%S"))
+    path, n = base, 1
+    while os.path.exists(path):
+        path, n = f"{base}-{n}", n + 1
+    os.makedirs(path)
+    return path
+
+
+def check_manifest(run_dir, manifest):
+    """Refuse to resume a folder made for another dataset or other settings: its rows would not compare."""
+    path = os.path.join(run_dir, MANIFEST)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    changed = []
+    if old.get("dataset") != manifest["dataset"]:
+        changed.append(f"dataset {old.get('dataset')} -> {manifest['dataset']}")
+    before, now = old.get("settings") or {}, manifest["settings"]
+    for section in sorted(set(before) | set(now)):
+        a, b = before.get(section) or {}, now.get(section) or {}
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            changed += [f"{section}.{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+        elif a != b:
+            changed.append(f"{section} {a!r} -> {b!r}")
+    if changed:
+        raise CompareError(
+            f"{run_dir} holds a comparison run with other settings ({'; '.join(changed)}): resume it with the "
+            f"same --dataset, --protocol, --config_files and --key=value flags, or start a new one (no --resume_dir).")
+
+
+def write_text(path, text):
+    """Write ``text`` to ``path`` atomically: a reader (or a resumed run) sees the old file or the new one."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, content):
+    write_text(path, json.dumps(content, indent=2, default=str) + "\n")
+
+
+def result_file(run_dir, model):
+    return os.path.join(run_dir, f"{model}.result.json")
+
+
+def finished_row(run_dir, model):
+    """The saved row of ``model`` if it finished (status ``ok``), else ``None``: failed models run again."""
+    path = result_file(run_dir, model)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        row = json.load(f)
+    return row if row.get("status") == "ok" else None
+
+
+# ------------------------------------------------------------------------------------ one model
+@contextlib.contextmanager
+def model_log(config, path):
+    """Log one model's run to RecBole's log file and console (RecBole's ``init_logger``) and to ``path``.
+
+    RecBole configures the root logger with ``logging.basicConfig``, which does nothing once handlers
+    exist: without removing this run's handlers afterwards, every later model would log into the
+    first one's file. Handlers that were there before (e.g. pytest's) are left alone.
+    """
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    init_logger(config)
+    capture = logging.FileHandler(path, encoding="utf-8")
+    capture.setFormatter(logging.Formatter(LOG_FORMAT, "%a %d %b %Y %H:%M:%S"))
+    level_name = logging.getLevelName(str(config["state"] or "INFO").upper())
+    capture.setLevel(level_name if isinstance(level_name, int) else logging.INFO)  # as RecBole's own file
+    root.addHandler(capture)
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+
+
+def plain(value):
+    """``value`` as YAML/JSON-safe data: numpy scalars to numbers, enums, devices and classes to text."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def write_config(config, path):
+    """The resolved config, every key, as YAML (derived keys such as MODEL_TYPE and device as text)."""
+    header = f"# Resolved config of {config['model']} on {config['dataset']} (recbole_mql --compare).\n"
+    write_text(path, header + yaml.safe_dump(plain(config.final_config_dict), sort_keys=True, allow_unicode=True))
+
+
+def check_item_features(config):
+    """Raise :class:`ModelSkipped` when the model's ``selected_features`` (FDSA, SASRecF, GRU4RecF)
+    are not item fields loaded from ``<Dataset>.item``: RecBole would fail with a bare KeyError."""
+    wanted = config["selected_features"]
+    if not wanted:
+        return
+    prepare_atomic_files(config)
+    path = os.path.join(config["data_path"], f"{config['dataset']}.item")
+    header = []
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            header = [column.split(":")[0] for column in f.readline().rstrip("\n").split("\t")]
+    load_col = config["load_col"]
+    loaded = [c for c in header if load_col is None or c in (load_col.get("item") or [])]
+    missing = [f for f in wanted if f not in loaded]
+    if missing:
+        raise ModelSkipped(
+            f"selected_features {missing} are not item fields loaded from {path} (loaded: {loaded or 'none'}; "
+            f"in the file: {header or 'no file'}): set selected_features to fields the dataset has and list them "
+            f"in load_col['item'] (e.g. --selected_features=\"['text_code']\"; see properties/model/FDSA.yaml).")
+
+
+def result_row(model, result):
+    """One ``ok`` table row (plus detail keys kept only in the JSON) from run_recbole_mql's result."""
+    test = result["test_result"]
+    row = {"model": model, "status": "ok"}
+    row.update({name: float(test[key]) if key in test else None for key, name in METRICS})
+    row.update({
+        "best epoch": result["best_epoch"], "train seconds": round(result["train_seconds"], 1),
+        "eval seconds": round(result["eval_seconds"], 1), "parameter count": int(result["params"]), "error": "",
+        "test_result": plain(test), "best_valid_result": plain(result["best_valid_result"]),
+        "saved_model_file": result["saved_model_file"], "recbole_log_file": result["log_file"],
+    })
+    return row
+
+
+def unfinished_row(model, status, error):
+    """A ``failed`` or ``skipped`` row: no metrics, the error on one line."""
+    row = {column: None for column in COLUMNS}
+    row.update({"model": model, "status": status, "error": " ".join(str(error).split())})
+    return row
+
+
+def run_model(model, dataset, run_dir, config_file_list, config_dict, cmd_args):
+    """Train and test one model; returns its row. Exceptions become a ``failed`` row (the traceback goes
+    to ``<model>.log`` and the row's JSON); KeyboardInterrupt stops the comparison, to be resumed."""
+    log_path = os.path.join(run_dir, f"{model}.log")
+    config = None
+    try:
+        config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
+        with model_log(config, log_path):
+            try:
+                write_config(config, os.path.join(run_dir, f"{model}.config.yaml"))
+                check_item_features(config)
+                return result_row(model, run_recbole_mql(model, dataset, config_file_list, config_dict, cmd_args))
+            except ModelSkipped as e:
+                logging.getLogger().warning(f"{model} skipped: {e}")
+                return unfinished_row(model, "skipped", e)
+            except Exception:
+                logging.getLogger().exception(f"{model} failed")
+                raise
+    except Exception as e:
+        row = unfinished_row(model, "failed", f"{type(e).__name__}: {e}")
+        row["traceback"] = traceback.format_exc()
+        if config is None:  # no log handler was open: keep the error beside the other models' logs
+            write_text(log_path, row["traceback"])
+        return row
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------ reference
+def load_reference(dataset):
+    """``properties/reference/<dataset>.yaml``: ``{"sources": {key: citation}, "published": [rows]}``."""
+    path = os.path.join(REFERENCE_DIR, f"{dataset}.yaml")
+    if not os.path.isfile(path):
+        known = ", ".join(yaml_names(REFERENCE_DIR)) or "none"
+        raise CompareError(f"No published numbers for {dataset}: {path} is missing (have: {known}). "
+                           f"Write it like properties/reference/Instruments.yaml, or leave out --with_reference.")
+    with open(path, encoding="utf-8") as f:
+        reference = yaml.safe_load(f) or {}
+    sources, published = reference.get("sources") or {}, reference.get("published") or []
+    bad = [r for r in published if not isinstance(r, dict) or r.get("source") not in sources or "model" not in r]
+    if bad:
+        raise CompareError(f"{path}: every entry of 'published' needs a model and a source listed under 'sources' "
+                           f"(bad: {bad[0]}).")
+    return {"path": path, "sources": sources, "published": published}
+
+
+def reference_rows(rows, reference):
+    """Ours, each published row of the same model, and ours / published per metric, model by model
+    (``of`` names the compared model; it is not a column)."""
+    table = []
+    for row in rows:
+        entries = [p for p in reference["published"] if p["model"] == row["model"]]
+        if not entries:
+            continue
+        table.append({"model": row["model"], "source": "ours", **{name: row.get(name) for _, name in METRICS}})
+        for entry in entries:
+            label = entry.get("label") or entry["model"]
+            table.append({"model": label, "source": f"published: {entry['source']}", "of": row["model"],
+                          **{name: entry.get(key) for key, name in METRICS}})
+            table.append({"model": label, "source": f"ours / {entry['source']}", "of": row["model"],
+                          **{name: ratio(row.get(name), entry.get(key)) for key, name in METRICS}})
+    return table
+
+
+def ratio(ours, published):
+    return round(ours / published, 3) if ours is not None and published else None
+
+
+# --------------------------------------------------------------------------------------- report
+def cell(value, column):
+    """Markdown text of one cell: metrics to 4 places, seconds to 1, counts with separators."""
+    if value is None or value == "":
+        return ""
+    if column == "parameter count":
+        return f"{int(value):,}"
+    if column in ("train seconds", "eval seconds"):
+        return f"{float(value):.1f}"
+    if column in METRIC_NAMES:
+        return f"{float(value):.4f}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(rows, columns):
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c), c) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def csv_text(rows, columns):
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{c: "" if row.get(c) is None else row.get(c) for c in columns} for row in rows])
+    return out.getvalue()
+
+
+def markdown_report(dataset, rows, ref_rows, reference, run_dir):
+    parts = [f"# {dataset}: side-by-side comparison", "",
+             f"Test metrics (full ranking, leave-one-out), one split and seed for every model. Folder: `{run_dir}`.",
+             "", markdown_table(rows, COLUMNS)]
+    if reference is not None:
+        parts += ["", "## Published numbers", "", markdown_table(ref_rows, REFERENCE_COLUMNS), ""]
+        parts += [f"- **{key}**: {citation}" for key, citation in reference["sources"].items()]
+    return "\n".join(parts) + "\n"
+
+
+def plot_metrics(rows, ref_rows, path):
+    """Grouped bars: one group per metric, one bar per finished model; published values hatched.
+
+    Uses matplotlib's object API on an Agg canvas: no pyplot state, no display needed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ours = [row for row in rows if row["status"] == "ok"]
+    published = [r for r in ref_rows if r["source"].startswith("published")]
+    names = list(dict.fromkeys([row["model"] for row in ours] + [r["of"] for r in published]))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    series = [(row["model"], row, colours[row["model"]], None) for row in ours]
+    series += [(f"{r['model']} ({r['source']})", r, colours[r["of"]], "//") for r in published]
+    fig = Figure(figsize=(max(7.0, 0.22 * len(series) * len(METRICS) + 2.5), 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values, colour, hatch) in enumerate(series):
+        positions = [m + (i - (len(series) - 1) / 2) * width for m in range(len(METRICS))]
+        ax.bar(positions, [values.get(name) or 0.0 for name in METRIC_NAMES], width, label=label, color=colour,
+               hatch=hatch, alpha=0.45 if hatch else 1.0, edgecolor="black" if hatch else None, linewidth=0.3)
+    ax.set_xticks(range(len(METRICS)), [name for _, name in METRICS])
+    ax.set_ylabel("test score")
+    ax.set_title("Models on one split (full ranking)")
+    if series:
+        ax.legend(fontsize="small", ncols=2 if len(series) > 6 else 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_report(run_dir, dataset, rows, reference):
+    """results.csv / results.md / metrics.png (+ reference.csv); returns the Markdown text."""
+    ref_rows = reference_rows(rows, reference) if reference is not None else []
+    write_text(os.path.join(run_dir, "results.csv"), csv_text(rows, COLUMNS))
+    if reference is not None:
+        write_text(os.path.join(run_dir, "reference.csv"), csv_text(ref_rows, REFERENCE_COLUMNS))
+    text = markdown_report(dataset, rows, ref_rows, reference, run_dir)
+    write_text(os.path.join(run_dir, "results.md"), text)
+    plot_metrics(rows, ref_rows, os.path.join(run_dir, "metrics.png"))
+    return text, ref_rows
+
+
+# ------------------------------------------------------------------------------------ the run
+def model_names(models):
+    """``"A,B"`` or ``["A", "B"]`` -> ``["A", "B"]``, without repeats; none is an error."""
+    names = models.split(",") if isinstance(models, str) else list(models or [])
+    names = list(dict.fromkeys(n.strip() for n in names if n and n.strip()))
+    if not names:
+        raise CompareError("No model to compare: pass --compare=SASRec,BERT4Rec,FDSA,TIGER,MQL4GRec (comma-separated).")
+    return names
+
+
+def model_config_dict(protocol, model, config_dict, cmd_args, run_dir):
+    """Protocol keys for ``model`` under the caller's ``config_dict``; checkpoints go into the results
+    folder unless ``checkpoint_dir`` is set, so that ``--recommend`` finds them beside the table."""
+    merged = {**protocol_config(protocol, model), **(config_dict or {})}
+    if "checkpoint_dir" not in merged and "checkpoint_dir" not in (cmd_args or {}):
+        merged["checkpoint_dir"] = os.path.join(run_dir, "checkpoints")
+    return merged
+
+
+def summary(row):
+    if row["status"] == "ok":
+        metrics = ", ".join(f"{name} {cell(row[name], name) or 'n/a'}" for name in ("NDCG@10", "HR@10"))
+        return f"ok: test {metrics}, {row['train seconds']:.0f} s training"
+    return f"{row['status']}: {row['error']}"
+
+
+def run_comparison(models, dataset, config_file_list=None, config_dict=None, cmd_args=None, results_dir="results",
+                   with_reference=False, resume_dir=None, protocol=None):
+    """Train and test each of ``models`` on ``dataset`` in turn; write and print the table.
+
+    Every model gets the same ``config_file_list`` / ``config_dict`` / ``cmd_args`` (hence the same seed
+    and split), under the keys ``protocol`` (``"cpu"``, ``"paper"`` or a YAML path) sets for it.
+    Returns ``{"run_dir", "rows", "reference_rows", "report"}``; rows follow the order of ``models``.
+    """
+    models = model_names(models)
+    protocol_spec = load_protocol(protocol)
+    reference = load_reference(dataset) if with_reference else None  # fail before hours of training
+    run_dir = open_run_dir(results_dir, dataset, resume_dir)
+    settings = plain({"protocol": {k: protocol_spec[k] for k in ("common", "models")},
+                      "config_files": list(config_file_list or []),
+                      "config_dict": config_dict or {}, "cmd_args": cmd_args or {}})
+    manifest = {"dataset": dataset, "models": models, "protocol": protocol, "settings": settings}
+    check_manifest(run_dir, manifest)
+    write_json(os.path.join(run_dir, MANIFEST), manifest)
+    rows = []
+    for i, model in enumerate(models, 1):
+        row = finished_row(run_dir, model)
+        if row is not None:
+            print(f"[compare] {i}/{len(models)} {model}: finished earlier in {run_dir}, not run again")
+        else:
+            print(f"[compare] {i}/{len(models)} {model} on {dataset}: running")
+            model_dict = model_config_dict(protocol_spec, model, config_dict, cmd_args, run_dir)
+            row = run_model(model, dataset, run_dir, config_file_list, model_dict, cmd_args)
+            write_json(result_file(run_dir, model), row)
+        print(f"[compare] {model}: {summary(row)}")
+        rows.append(row)
+    report, ref_rows = write_report(run_dir, dataset, rows, reference)
+    print(report)
+    return {"run_dir": run_dir, "rows": rows, "reference_rows": ref_rows, "report": report}

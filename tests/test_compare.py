@@ -1,0 +1,218 @@
+"""Side-by-side comparison (table, plot, logs, resume, failures, published numbers), protocols,
+and looking at a trained model's recommendations, on tiny real subsets."""
+
+import csv
+import json
+import os
+
+import pytest
+
+from dataset_prep.atomic import convert
+from recbole_mql import compare
+from recbole_mql.cli import main as cli_main
+from recbole_mql.compare import CompareError, load_protocol, protocol_config, run_comparison
+from recbole_mql.quick_start import run_recbole_mql
+from recbole_mql.recommend import UnknownUserError, load_checkpoint, recommend, top_k, user_history
+from tests.conftest import SMALL_T5, quiet_config, subset_source
+
+TINY = {"epochs": 1, "n_layers": 1, "hidden_size": 32, "inner_size": 64, "train_batch_size": 256,
+        "eval_batch_size": 256, "MAX_ITEM_LIST_LENGTH": 20}
+
+
+TINY_T5 = {"num_layers": 1, "num_decoder_layers": 1, "beam_size": 10, "valid_users": 50}
+
+
+def tiny_config(data_path, **extra):
+    """Fast, quiet settings; no checkpoint_dir, so checkpoints land in the comparison folder."""
+    config = quiet_config(data_path=data_path, **{**TINY, **extra})
+    config.pop("checkpoint_dir")
+    return config
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """Converted subsets (Instruments: 300 users, text + image codes; Scientific: 150 users, text codes
+    and titles); the tests run inside the folder so that RecBole's log/ stays out of the repository."""
+    root = tmp_path_factory.mktemp("compare")
+    convert("Instruments", subset_source("Instruments", 300, str(root / "src_ins")), str(root / "data"))
+    convert("Scientific", subset_source("Scientific", 150, str(root / "src_sci")), str(root / "data"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        yield root
+
+
+@pytest.fixture(scope="module")
+def comparison(workdir):
+    """Pop, SASRec, FDSA and an unknown model on Instruments, with the published numbers."""
+    return run_comparison(["Pop", "SASRec", "FDSA", "NoSuchModel"], "Instruments",
+                          config_dict=tiny_config(str(workdir / "data")), results_dir=str(workdir / "results"),
+                          with_reference=True)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_comparison_writes_table_plot_logs_and_configs(comparison):
+    run_dir = comparison["run_dir"]
+    rows = read_csv(os.path.join(run_dir, "results.csv"))
+    assert list(rows[0]) == compare.COLUMNS
+    assert [(r["model"], r["status"]) for r in rows] == [
+        ("Pop", "ok"), ("SASRec", "ok"), ("FDSA", "ok"), ("NoSuchModel", "failed")]
+    for row in rows[:3]:
+        assert 0 <= float(row["NDCG@10"]) <= float(row["HR@10"]) <= 1 and int(row["parameter count"]) > 0
+        assert os.path.isfile(os.path.join(run_dir, f"{row['model']}.log"))
+        with open(os.path.join(run_dir, f"{row['model']}.config.yaml")) as f:
+            assert f"model: {row['model']}" in f.read()
+        saved = comparison["rows"][rows.index(row)]["saved_model_file"]
+        assert os.path.dirname(saved) == os.path.join(run_dir, "checkpoints") and os.path.isfile(saved)
+    with open(os.path.join(run_dir, "results.md")) as f:
+        markdown = f.read()
+    assert "| model | status | HR@1 |" in markdown and "| SASRec | ok |" in markdown
+    with open(os.path.join(run_dir, "metrics.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fdsa_embeds_both_code_fields(comparison):
+    with open(os.path.join(comparison["run_dir"], "FDSA.config.yaml")) as f:
+        text = f.read()
+    assert "selected_features:\n- text_code\n- image_code" in text
+
+
+def test_failed_model_is_a_row_not_the_end(comparison):
+    failed = comparison["rows"][3]
+    assert failed["status"] == "failed" and "Unknown model 'NoSuchModel'" in failed["error"]
+    assert "\n" not in failed["error"] and failed["HR@10"] is None
+    with open(os.path.join(comparison["run_dir"], "NoSuchModel.log")) as f:
+        assert "UnknownModelError" in f.read()
+
+
+def test_reference_rows_and_ratios(comparison):
+    ref = {(r["model"], r["source"]): r for r in comparison["reference_rows"]}
+    ours = comparison["rows"][1]
+    assert ref[("SASRec", "published: MACRec")]["HR@10"] == 0.1233
+    assert ref[("SASRec", "ours / MACRec")]["HR@10"] == pytest.approx(ours["HR@10"] / 0.1233, abs=1e-3)
+    assert ("FDSA", "published: MACRec") in ref and not any(r["model"] == "Pop" for r in ref.values())
+    assert len(read_csv(os.path.join(comparison["run_dir"], "reference.csv"))) == len(comparison["reference_rows"])
+    assert "## Published numbers" in comparison["report"] and "MACRec (AAAI 2026)" in comparison["report"]
+
+
+def spy_runs(monkeypatch, interrupt=None):
+    """Record the models run_comparison trains; raise KeyboardInterrupt for ``interrupt``."""
+    ran = []
+
+    def run(model, *args, **kwargs):
+        ran.append(model)
+        if model == interrupt:
+            raise KeyboardInterrupt
+        return run_recbole_mql(model, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "run_recbole_mql", run)
+    return ran
+
+
+def test_resume_skips_finished_models(comparison, workdir, monkeypatch):
+    ran = spy_runs(monkeypatch)
+    again = run_comparison(["Pop", "SASRec", "FDSA", "NoSuchModel"], "Instruments",
+                           config_dict=tiny_config(str(workdir / "data")), resume_dir=comparison["run_dir"],
+                           with_reference=True)
+    assert ran == []  # NoSuchModel failed before run_recbole_mql, again
+    assert [r["HR@10"] for r in again["rows"][:3]] == [r["HR@10"] for r in comparison["rows"][:3]]
+
+
+def test_interrupted_comparison_resumes(workdir, monkeypatch):
+    args = (["Pop", "SASRec"], "Instruments")
+    kwargs = {"config_dict": tiny_config(str(workdir / "data")), "resume_dir": str(workdir / "interrupted")}
+    ran = spy_runs(monkeypatch, interrupt="SASRec")
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(*args, **kwargs)
+    assert ran == ["Pop", "SASRec"]
+    assert os.path.isfile(workdir / "interrupted" / "Pop.result.json")
+    assert not os.path.exists(workdir / "interrupted" / "SASRec.result.json")
+    ran = spy_runs(monkeypatch)
+    result = run_comparison(*args, **kwargs)
+    assert ran == ["SASRec"] and [r["status"] for r in result["rows"]] == ["ok", "ok"]
+
+
+def test_resume_refuses_other_settings(comparison, workdir):
+    with pytest.raises(CompareError, match="resume it with the same"):
+        run_comparison(["Pop"], "Instruments", config_dict=tiny_config(str(workdir / "data"), epochs=2),
+                       resume_dir=comparison["run_dir"])
+
+
+def test_reference_and_protocol_errors_before_training(workdir):
+    with pytest.raises(CompareError, match="No published numbers for Scientific.*Scientific.yaml"):
+        run_comparison(["Pop"], "Scientific", results_dir=str(workdir / "r"), with_reference=True)
+    with pytest.raises(CompareError, match="Protocol 'gpu' not found.*cpu, paper"):
+        run_comparison(["Pop"], "Scientific", results_dir=str(workdir / "r"), protocol="gpu")
+
+
+def test_protocols_have_valid_keys_and_model_sections():
+    cpu, paper = load_protocol("cpu"), load_protocol("paper")
+    assert protocol_config(cpu, "MQL4GRec")["valid_users"] > 0 and protocol_config(cpu, "SASRec")["epochs"] == 20
+    assert protocol_config(cpu, "Pop") == cpu["common"]
+    assert protocol_config(paper, "MQL4GRec")["valid_users"] == 0 and paper["common"]["epochs"] == 200
+    assert set(cpu["models"]) == set(paper["models"]) == {"SASRec", "BERT4Rec", "FDSA", "TIGER", "MQL4GRec"}
+
+
+@pytest.fixture(scope="module")
+def scientific(workdir):
+    """FDSA (needs image codes Scientific lacks) and a tiny TIGER on Scientific."""
+    return run_comparison(["FDSA", "TIGER"], "Scientific", results_dir=str(workdir / "results"),
+                          config_dict=tiny_config(str(workdir / "data"), **{**SMALL_T5, **TINY_T5}))
+
+
+def test_model_lacking_item_features_is_skipped_with_fix(scientific):
+    fdsa = scientific["rows"][0]
+    assert fdsa["status"] == "skipped"
+    assert "['image_code']" in fdsa["error"] and "--selected_features" in fdsa["error"]
+    assert scientific["rows"][1]["status"] == "ok"
+
+
+def test_recommend_sasrec_top_k(comparison):
+    checkpoint = comparison["rows"][1]["saved_model_file"]
+    table = recommend(checkpoint, "5", topk=10)
+    assert list(table.columns) == ["rank", "item_id", "score", "text_code", "image_code"]
+    assert table["rank"].tolist() == list(range(1, 11)) and table["item_id"].is_unique
+    assert table["score"].is_monotonic_decreasing
+    assert table["text_code"].str.match(r"^(<[a-e]_\d+>){5}$").all()
+    assert table["image_code"].str.match(r"^(<[A-D]_\d+>){4}$").all()
+    with pytest.raises(UnknownUserError, match="Unknown user '999999'.*Instruments has 300 users"):
+        recommend(checkpoint, "999999")
+
+
+def test_recommend_generative_model_with_titles(scientific, workdir):
+    loaded = load_checkpoint(scientific["rows"][1]["saved_model_file"])
+    table = top_k(loaded, "3", topk=10)
+    assert list(table.columns) == ["rank", "item_id", "score", "text_code", "title"]
+    assert len(table) == 10 and table["item_id"].is_unique and table["score"].is_monotonic_decreasing
+    history = user_history(loaded, "3")
+    with open(workdir / "src_sci" / "Scientific.inter.json") as f:
+        assert history["item_id"].tolist() == [str(i) for i in json.load(f)["3"]]
+    assert history["title"].str.len().min() > 0
+    with pytest.raises(ValueError, match="topk=11 > beam_size=10.*--beam_size=11"):
+        top_k(loaded, "3", topk=11)
+
+
+def test_cli_compare_and_recommend(comparison, workdir, capsys):
+    data = str(workdir / "data")
+    assert cli_main(["--compare=Pop", "--dataset=Instruments", f"--data_path={data}", "--protocol=cpu",
+                     "--epochs=1", "--state=WARNING", "--show_progress=False",
+                     f"--results_dir={workdir / 'cli'}"]) == 0
+    out = capsys.readouterr().out
+    assert "| Pop | ok |" in out
+    [run] = os.listdir(workdir / "cli" / "Instruments")
+    with open(workdir / "cli" / "Instruments" / run / "Pop.config.yaml") as f:
+        text = f.read()
+    assert "epochs: 1\n" in text and "stopping_step: 3\n" in text  # --epochs over the protocol's 10
+    checkpoint = comparison["rows"][1]["saved_model_file"]
+    assert cli_main(["--recommend", f"--checkpoint={checkpoint}", "--user=5", "--topk=3"]) == 0
+    out = capsys.readouterr().out
+    assert "history of user 5" in out and "top-3 for user 5" in out
+    assert cli_main(["--recommend", f"--checkpoint={checkpoint}", "--user=nobody"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Unknown user 'nobody'" in err[0]
+    assert cli_main(["--model=Pop", "--dataset=Instruments", f"--data_path={data}", "--protocol=gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Protocol 'gpu' not found" in err[0]
