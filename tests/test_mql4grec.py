@@ -161,3 +161,22 @@ def test_resume_gives_the_same_next_step(data_path, tmp_path):
     assert trainer.evaluate(valid, load_best_model=True)["ndcg@10"] >= 0
     for key, value in net.state_dict().items():
         assert torch.allclose(value, straight[key], atol=1e-6), key
+
+
+def test_pretrain_then_finetune(data_path, tmp_path):
+    """One backbone pre-trained on two domains (text-only Scientific, multimodal Instruments), then
+    fine-tuned on Instruments from that checkpoint through run_recbole_mql."""
+    from recbole_mql.compat import load_own_checkpoint
+    from recbole_mql.quick_start import run_pretraining, run_recbole_mql
+
+    common = quiet_config(data_path=data_path, checkpoint_dir=str(tmp_path / "saved"), pretrain_epochs=1,
+                          valid_users=20, epochs=1, train_batch_size=256, **SMALL_T5)
+    path = run_pretraining("MQL4GRec", config_dict={**common, "pretrain_datasets": ["Scientific", "Instruments"]})
+    pretrained = load_own_checkpoint(path)
+    assert pretrained["epoch"] == 0 and pretrained["language"] == {"max_levels": 5, "codebook_size": 256}
+    assert all(k.startswith("t5.") for k in pretrained["state_dict"])  # weights only, no code tables
+    # zero fine-tuning epochs: the model tested is exactly the pre-trained backbone
+    result = run_recbole_mql("MQL4GRec", "Instruments", config_dict={**common, "pretrained_checkpoint": path, "epochs": 0})
+    tested = load_own_checkpoint(result["saved_model_file"])["state_dict"]
+    assert all(torch.equal(tested[k], v) for k, v in pretrained["state_dict"].items())
+    assert 0 <= result["test_result"]["hit@1"] <= result["test_result"]["hit@10"]
