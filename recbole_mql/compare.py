@@ -32,7 +32,7 @@ import yaml
 from recbole.utils import init_logger
 
 from recbole_mql.config import PROPERTIES_DIR, check_config_keys
-from recbole_mql.quick_start import build_config, prepare_atomic_files, run_recbole_mql
+from recbole_mql.quick_start import ItemFeaturesMissing, build_config, check_item_features, run_recbole_mql
 
 PROTOCOL_DIR = os.path.join(PROPERTIES_DIR, "protocol")
 REFERENCE_DIR = os.path.join(PROPERTIES_DIR, "reference")
@@ -50,8 +50,8 @@ class CompareError(ValueError):
     """A comparison that cannot start or resume (bad protocol, reference or results folder)."""
 
 
-class ModelSkipped(Exception):
-    """A model that cannot run on this dataset as configured; the message says why and the fix."""
+# A model that cannot run on this dataset as configured; the message says why and the fix.
+ModelSkipped = ItemFeaturesMissing
 
 
 # ------------------------------------------------------------------------------------ protocols
@@ -209,28 +209,6 @@ def write_config(config, path):
     """The resolved config, every key, as YAML (derived keys such as MODEL_TYPE and device as text)."""
     header = f"# Resolved config of {config['model']} on {config['dataset']} (recbole_mql --compare).\n"
     write_text(path, header + yaml.safe_dump(plain(config.final_config_dict), sort_keys=True, allow_unicode=True))
-
-
-def check_item_features(config):
-    """Raise :class:`ModelSkipped` when the model's ``selected_features`` (FDSA, SASRecF, GRU4RecF)
-    are not item fields loaded from ``<Dataset>.item``: RecBole would fail with a bare KeyError."""
-    wanted = config["selected_features"]
-    if not wanted:
-        return
-    prepare_atomic_files(config)
-    path = os.path.join(config["data_path"], f"{config['dataset']}.item")
-    header = []
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            header = [column.split(":")[0] for column in f.readline().rstrip("\n").split("\t")]
-    load_col = config["load_col"]
-    loaded = [c for c in header if load_col is None or c in (load_col.get("item") or [])]
-    missing = [f for f in wanted if f not in loaded]
-    if missing:
-        raise ModelSkipped(
-            f"selected_features {missing} are not item fields loaded from {path} (loaded: {loaded or 'none'}; "
-            f"in the file: {header or 'no file'}): set selected_features to fields the dataset has and list them "
-            f"in load_col['item'] (e.g. --selected_features=\"['text_code']\"; see properties/model/FDSA.yaml).")
 
 
 def result_row(model, result):

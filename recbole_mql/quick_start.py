@@ -24,6 +24,32 @@ def prepare_atomic_files(config):
         getLogger().info(f"dataset_prep: {summary}")
 
 
+class ItemFeaturesMissing(ValueError):
+    """A model's ``selected_features`` are not item fields of the dataset; the message names the fix."""
+
+
+def check_item_features(config):
+    """Raise :class:`ItemFeaturesMissing` when the model's ``selected_features`` (FDSA, SASRecF, GRU4RecF)
+    are not item fields loaded from ``<Dataset>.item``: RecBole would fail with a bare KeyError."""
+    wanted = config["selected_features"]
+    if not wanted:
+        return
+    prepare_atomic_files(config)
+    path = os.path.join(config["data_path"], f"{config['dataset']}.item")
+    header = []
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            header = [column.split(":")[0] for column in f.readline().rstrip("\n").split("\t")]
+    load_col = config["load_col"]
+    loaded = [c for c in header if load_col is None or c in (load_col.get("item") or [])]
+    missing = [f for f in wanted if f not in loaded]
+    if missing:
+        raise ItemFeaturesMissing(
+            f"selected_features {missing} are not item fields loaded from {path} (loaded: {loaded or 'none'}; "
+            f"in the file: {header or 'no file'}): set selected_features to fields the dataset has and list them "
+            f"in load_col['item'] (e.g. --selected_features=\"['text_code']\"; see properties/model/FDSA.yaml).")
+
+
 def build_config(model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
     return Config(model=model, dataset=dataset, config_file_list=config_file_list,
                   config_dict=config_dict, cmd_args=cmd_args)
@@ -32,6 +58,7 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
 def load_data(config):
     """(dataset, train, valid, test) for ``config``: converts the source on first use, then RecBole's split."""
     prepare_atomic_files(config)
+    check_item_features(config)
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     return dataset, train_data, valid_data, test_data
