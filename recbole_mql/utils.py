@@ -1,6 +1,7 @@
 """Model, trainer and dataset look-up: the plugin first, RecBole after (as RecBole-GNN does)."""
 
 import difflib
+import functools
 import importlib
 import os
 import re
@@ -79,8 +80,11 @@ class CheckpointCompatMixin:
         return super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
 
     def resume_checkpoint(self, resume_file):
-        checkpoint = load_own_checkpoint(resume_file, map_location=self.device)
-        self.saved_model_file = str(resume_file)
+        self._restore(load_own_checkpoint(resume_file, map_location=self.device), str(resume_file))
+
+    def _restore(self, checkpoint, resume_file):
+        """Training state of a loaded checkpoint (RecBole's resume, on the full unpickler)."""
+        self.saved_model_file = resume_file
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
@@ -101,7 +105,10 @@ class CheckpointCompatMixin:
         )
 
 
-_COMPAT_TRAINERS = {}
+@functools.lru_cache(maxsize=None)
+def _with_checkpoint_compat(base):
+    """``base`` with :class:`CheckpointCompatMixin` in front (one class per base, so isinstance holds)."""
+    return type(base.__name__, (CheckpointCompatMixin, base), {})
 
 
 def get_trainer(model_type, model_name):
@@ -111,10 +118,7 @@ def get_trainer(model_type, model_name):
     own = getattr(trainer_module, model_name + "Trainer", None)
     if own is not None:
         return own
-    base = recbole_get_trainer(model_type, model_name)
-    if base not in _COMPAT_TRAINERS:
-        _COMPAT_TRAINERS[base] = type(base.__name__, (CheckpointCompatMixin, base), {})
-    return _COMPAT_TRAINERS[base]
+    return _with_checkpoint_compat(recbole_get_trainer(model_type, model_name))
 
 
 def create_dataset(config):

@@ -204,8 +204,10 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
         """Resume from a checkpoint (``--resume=PATH``, or ``--resume=last`` for this model and dataset)."""
         if str(resume_file) in ("True", "last"):
             resume_file = self.last_model_file
-        checkpoint = load_own_checkpoint(resume_file, map_location=self.device)
         super().resume_checkpoint(resume_file)
+
+    def _restore(self, checkpoint, resume_file):
+        super()._restore(checkpoint, resume_file)
         # keep writing the best model where the interrupted run did, never over the last-state file
         self.saved_model_file = checkpoint.get("best_model_file") or self.saved_model_file
         if os.path.abspath(self.saved_model_file) == os.path.abspath(self.last_model_file):
