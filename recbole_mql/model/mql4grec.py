@@ -126,9 +126,6 @@ class MQL4GRec(SequentialRecommender):
             raise CodeError(f"No task of {tasks} can run on {dataset.dataset_name}: it has no code fields.")
         return usable
 
-    def level_count(self, modality):
-        return getattr(self, f"tokens_{modality}").shape[1]
-
     # ------------------------------------------------------------------------------ encoding
     def encode_history(self, history, lengths, modality, task=None):
         """Write histories as code tokens: ``[prefix] codes of the last max_his_len items </s>``.
