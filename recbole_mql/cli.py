@@ -11,6 +11,7 @@ import pandas as pd
 
 from dataset_prep.io import PrepError
 from recbole_mql.config import UnknownConfigKeyError
+from recbole_mql.distributed import torchrun_launch
 from recbole_mql.utils import UnknownModelError
 
 USAGE = """usage:
@@ -30,7 +31,11 @@ USAGE = """usage:
   --resume_dir     a comparison folder to finish: models with a result there are not run again
   --recommend      print a user's history and top-k items from a checkpoint (--user: the user id token
                    of <dataset>.inter); --key=value overrides its stored config (e.g. --data_path)
-  --key=value      any RecBole or recbole_mql config key (see properties/*.yaml)"""
+  --key=value      any RecBole or recbole_mql config key (see properties/*.yaml)
+
+several processes (DistributedDataParallel; gloo on CPUs, nccl on GPUs; rank 0 logs and saves):
+  torchrun --nproc_per_node=N run_recbole_mql.py --model=NAME --dataset=NAME [...]
+  python run_recbole_mql.py --model=NAME --dataset=NAME --nproc=N [--world_size=W --ip=HOST --port=P --offset=K]"""
 
 TRUE = ("true", "1", "yes", "")
 
@@ -62,14 +67,34 @@ def protocol_dict(flags, model):
 
 
 def run_single(flags):
-    from recbole_mql.quick_start import run_recbole_mql
-
     files = config_files(flags)
     model = flags.pop("model", "MQL4GRec")
     dataset = flags.pop("dataset", "Instruments")
-    result = run_recbole_mql(model=model, dataset=dataset, config_file_list=files,
-                             config_dict=protocol_dict(flags, model), cmd_args=flags)
-    print("test result: " + "  ".join(f"{k}: {float(v):.4f}" for k, v in result["test_result"].items()))
+    config_dict = protocol_dict(flags, model)
+    nproc = int(flags.get("nproc", 1))
+    if nproc > 1 and torchrun_launch() is None:
+        # RecBole's way: one process per device on this host, rank = local_rank + offset
+        import torch.multiprocessing as mp
+
+        mp.spawn(run_rank, args=(model, dataset, files, config_dict, flags), nprocs=nproc, join=True)
+        return
+    run_rank(None, model, dataset, files, config_dict, flags)
+
+
+def run_rank(local_rank, model, dataset, files, config_dict, flags):
+    """One process's run (the only one, or one rank of a distributed run); rank 0 prints the result."""
+    from recbole_mql import distributed
+    from recbole_mql.quick_start import run_recbole_mql
+
+    if local_rank is not None:
+        config_dict = {**config_dict, "local_rank": local_rank}
+    try:
+        result = run_recbole_mql(model=model, dataset=dataset, config_file_list=files,
+                                 config_dict=config_dict, cmd_args=flags)
+        if distributed.is_main_process():
+            print("test result: " + "  ".join(f"{k}: {float(v):.4f}" for k, v in result["test_result"].items()))
+    finally:
+        distributed.destroy()
 
 
 def run_compare(flags):

@@ -402,6 +402,18 @@ def model_config_dict(protocol, model, config_dict, cmd_args, run_dir):
     return merged
 
 
+def interrupted_state(model, dataset, model_dict, cmd_args):
+    """``{"resume": path}`` when an interrupted run of ``model`` left its last training state in the
+    comparison's checkpoint folder (the generative trainers write one every epoch), else ``{}``."""
+    if "resume" in (cmd_args or {}) or model_dict.get("resume"):
+        return {}
+    path = os.path.join(model_dict["checkpoint_dir"], f"{model}-{dataset}-last.pth")
+    if not os.path.isfile(path):
+        return {}
+    print(f"[compare] {model}: resuming the interrupted run from {path}")
+    return {"resume": path}
+
+
 def summary(row):
     if row["status"] == "ok":
         metrics = ", ".join(f"{name} {cell(row[name], name) or 'n/a'}" for name in ("NDCG@10", "HR@10"))
@@ -435,6 +447,7 @@ def run_comparison(models, dataset, config_file_list=None, config_dict=None, cmd
         else:
             print(f"[compare] {i}/{len(models)} {model} on {dataset}: running")
             model_dict = model_config_dict(protocol_spec, model, config_dict, cmd_args, run_dir)
+            model_dict.update(interrupted_state(model, dataset, model_dict, cmd_args))
             row = run_model(model, dataset, run_dir, config_file_list, model_dict, cmd_args)
             write_json(result_file(run_dir, model), row)
         print(f"[compare] {model}: {summary(row)}")

@@ -13,6 +13,7 @@ import os
 import yaml
 from recbole.config import Config as RecBoleConfig
 
+from recbole_mql.distributed import init_process_group, process_device, recbole_launch, torchrun_launch
 from recbole_mql.utils import get_model
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
@@ -120,3 +121,29 @@ class Config(RecBoleConfig):
         ):
             self.final_config_dict["train_neg_sample_args"] = None
         super()._set_default_parameters()
+
+    def _init_device(self):
+        """RecBole's device set-up, extended to torchrun and to CPUs (gloo); RecBole's own needs NCCL.
+
+        Launched by torchrun (or with ``local_rank`` from RecBole's spawner) with a world of several
+        processes, this joins the process group and sets ``local_rank``, ``world_size``, ``device``.
+        ``single_spec`` stays True for models that shard their own batches and users
+        (``model_class.shards_own_data``, the generative models): RecBole's loaders and trainer must
+        then not add their DistributedSampler (which pads the last shard with repeated users).
+        """
+        cfg = self.final_config_dict
+        launch = torchrun_launch()
+        if launch is None and "local_rank" in cfg:
+            launch = recbole_launch(cfg)
+        if launch is None or launch.world_size <= 1:
+            super()._init_device()
+            return
+        gpu_id = str(",".join(map(str, cfg["gpu_id"])) if isinstance(cfg["gpu_id"], tuple) else cfg["gpu_id"])
+        cfg["gpu_id"] = gpu_id
+        cfg["device"] = process_device(launch.local_rank, cfg["use_gpu"] and len(gpu_id) > 0)
+        init_process_group(launch, cfg["device"])
+        cfg.update(local_rank=launch.local_rank, world_size=launch.world_size, nproc=cfg.get("nproc") or 1,
+                   offset=launch.rank - launch.local_rank)
+        cfg["single_spec"] = bool(getattr(self.model_class, "shards_own_data", False))
+        if launch.rank != 0:
+            cfg["state"], cfg["show_progress"], cfg["verbose"] = "error", False, False

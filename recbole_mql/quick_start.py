@@ -9,6 +9,7 @@ from logging import getLogger
 from recbole.data import data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
+from recbole_mql import distributed
 from recbole_mql.config import Config
 from recbole_mql.data.item_codes import available_modalities
 from recbole_mql.utils import create_dataset, get_model, get_trainer
@@ -19,7 +20,10 @@ def prepare_atomic_files(config):
     from dataset_prep.atomic import ensure_atomic_files
 
     parent = os.path.dirname(os.path.normpath(config["data_path"]))
-    summary = ensure_atomic_files(config["dataset"], parent, source=config["source"])
+    summary = None
+    if distributed.is_main_process():  # one writer; the other ranks wait for its files
+        summary = ensure_atomic_files(config["dataset"], parent, source=config["source"])
+    distributed.barrier()
     if summary:
         getLogger().info(f"dataset_prep: {summary}")
 
@@ -68,9 +72,11 @@ def run_pretraining(model, config_file_list=None, config_dict=None, cmd_args=Non
     """Pre-train one backbone on ``pretrain_datasets`` (shared vocabulary); returns the checkpoint path.
 
     Each dataset runs the ``pretrain_tasks`` its codes allow (paper: seqrec + seqimage, 30 epochs,
-    lr 1e-3, one epoch of warm-up), kept by validation loss.
+    lr 1e-3, one epoch of warm-up), kept by validation loss. The datasets are loaded one at a time
+    and kept only as compact sequence stores whose samples stream batch by batch (RecBole's split,
+    without its 50-item rows), so memory stays flat as domains are added.
     """
-    from recbole_mql.trainer.pretrain import PretrainTrainer
+    from recbole_mql.trainer.pretrain import PretrainTrainer, load_pretrain_domain
 
     base = build_config(model, None, config_file_list, {**(config_dict or {}), "dataset": "pretrain"}, cmd_args)
     overrides = {
@@ -78,22 +84,22 @@ def run_pretraining(model, config_file_list=None, config_dict=None, cmd_args=Non
         "learning_rate": base["pretrain_learning_rate"], "warmup_ratio": 1.0 / base["pretrain_epochs"],
         "pretrain_datasets": None,
     }
-    models, trains, valids, backbone = [], [], [], None
+    models, stores, backbone = [], [], None
     for name in base["pretrain_datasets"]:
         config = build_config(model, name, config_file_list, {**(config_dict or {}), **overrides}, cmd_args)
         config["eval_modality"] = "text"
-        _, train, valid, _ = load_data(config)
-        if "text" not in available_modalities(train._dataset):
+        dataset, store = load_pretrain_domain(config)  # interactions already compacted into the store
+        if "text" not in available_modalities(dataset):
             config["eval_modality"] = "image"
         init_seed(config["seed"], config["reproducibility"])
-        net = get_model(config["model"])(config, train._dataset).to(config["device"])
+        net = get_model(config["model"])(config, dataset).to(config["device"])
+        del dataset  # the model holds its code tables; RecBole's tables go before the next domain loads
         if backbone is None:
             backbone, first_config = net.t5, config
         net.t5 = backbone  # one model, many code tables
         models.append(net)
-        trains.append(train)
-        valids.append(valid)
-    trainer = PretrainTrainer(first_config, models, trains, valids)
+        stores.append(store)
+    trainer = PretrainTrainer(first_config, models, stores)
     trainer.fit_all(show_progress=first_config["show_progress"])
     getLogger().info(f"pre-trained on {base['pretrain_datasets']}: {trainer.saved_model_file} "
                      f"(best epoch {trainer.best_epoch}, {trainer.best_valid_result})")
@@ -110,7 +116,7 @@ def run_recbole_mql(model=None, dataset=None, config_file_list=None, config_dict
     """
     config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    init_run_logger(config)
     logger = getLogger()
     if config["pretrain_datasets"]:
         config["pretrained_checkpoint"] = run_pretraining(config["model"], config_file_list, config_dict, cmd_args)
@@ -156,6 +162,19 @@ def run_recbole_mql(model=None, dataset=None, config_file_list=None, config_dict
         "saved_model_file": trainer.saved_model_file if saved else None,
         "log_file": _log_file(),
     }
+
+
+def init_run_logger(config):
+    """RecBole's logger (console + log file) on rank 0; the other ranks of a distributed run print
+    errors only and write no log file."""
+    if distributed.is_main_process():
+        init_logger(config)
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(logging.StreamHandler())
+    root.setLevel(logging.ERROR)
 
 
 def _log_file():

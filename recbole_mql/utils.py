@@ -6,8 +6,10 @@ import importlib
 import os
 import re
 
+import torch
 from recbole.utils import get_trainer as recbole_get_trainer
 
+from recbole_mql import distributed
 from recbole_mql.compat import load_own_checkpoint
 
 _RECBOLE_MODEL_PACKAGES = [
@@ -75,6 +77,24 @@ class CheckpointCompatMixin:
 
     best_epoch = None
 
+    def __init__(self, config, model):
+        if config["single_spec"] or config["device"].type == "cuda":
+            super().__init__(config, model)
+        else:
+            self._init_on_cpus(config, model)
+        # the checkpoint name holds a timestamp: every rank must load the file rank 0 writes
+        self.saved_model_file = distributed.broadcast_object(self.saved_model_file)
+
+    def _init_on_cpus(self, config, model):
+        # RecBole wraps the model in DDP with device_ids=[local_rank], which only GPU modules accept:
+        # build the trainer as a single process would, then wrap the CPU model (gloo).
+        config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            config["single_spec"] = False
+        self.distributed_model = torch.nn.parallel.DistributedDataParallel(self.model)
+
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         self.best_epoch = epoch
         return super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
@@ -95,6 +115,7 @@ class CheckpointCompatMixin:
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if load_best_model and eval_data:
+            distributed.barrier()  # rank 0 has finished writing the checkpoint
             checkpoint_file = model_file or self.saved_model_file
             checkpoint = load_own_checkpoint(checkpoint_file, map_location=self.device)
             self.model.load_state_dict(checkpoint["state_dict"])

@@ -135,6 +135,32 @@ def test_interrupted_comparison_resumes(workdir, monkeypatch):
     assert ran == ["SASRec"] and [r["status"] for r in result["rows"]] == ["ok", "ok"]
 
 
+def test_interrupted_generative_model_resumes_from_its_last_epoch(workdir, monkeypatch):
+    """A comparison killed in TIGER's second epoch goes on from the state saved after the first."""
+    from recbole_mql.trainer.generative_trainer import GenerativeTrainer
+
+    train_epoch, epochs = GenerativeTrainer._train_epoch, []
+
+    def spy(self, train_data, epoch_idx, *args, **kwargs):
+        epochs.append(epoch_idx)
+        if epoch_idx == 1 and interrupt:
+            raise KeyboardInterrupt
+        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(GenerativeTrainer, "_train_epoch", spy)
+    kwargs = {"config_dict": tiny_config(str(workdir / "data"), epochs=2, **{**SMALL_T5, **TINY_T5}),
+              "resume_dir": str(workdir / "mid_epoch")}
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(["TIGER"], "Scientific", **kwargs)
+    assert epochs == [0, 1]
+    assert os.path.isfile(workdir / "mid_epoch" / "checkpoints" / "TIGER-Scientific-last.pth")
+    interrupt, epochs[:] = False, []
+    result = run_comparison(["TIGER"], "Scientific", **kwargs)
+    assert epochs == [1]  # epoch 0 was not trained again
+    assert result["rows"][0]["status"] == "ok" and result["rows"][0]["best epoch"] in (0, 1)
+
+
 def test_resume_refuses_other_settings(comparison, workdir):
     with pytest.raises(CompareError, match="resume it with the same"):
         run_comparison(["Pop"], "Instruments", config_dict=tiny_config(str(workdir / "data"), epochs=2),

@@ -1,4 +1,9 @@
-"""Training samples of the generation tasks, batched by task and bucketed by history length."""
+"""Training samples of the generation tasks, batched by task and bucketed by history length.
+
+:class:`TaskSamples` reads RecBole's augmented training set (fine-tuning); :class:`StreamingTaskSamples`
+reads a :class:`~recbole_mql.data.sequence_store.SequenceStore` and plans an epoch as sample positions,
+materialising each batch only when it is consumed (pre-training over many domains).
+"""
 
 from dataclasses import dataclass
 
@@ -55,13 +60,81 @@ class TaskSamples:
                 batches += [TaskBatch(task, chunk, source=self.source) for chunk in order.split(batch_size)]
                 continue
             order = torch.randperm(len(self.target), generator=gen)
-            for chunk in order.split(batch_size * self.bucket_chunk):
-                kept = self.lengths[chunk].clamp(max=self.max_his_len)
-                chunk = chunk[kept.argsort(stable=True)]
-                for idx in chunk.split(batch_size):
-                    batches.append(TaskBatch(task, self.target[idx], self.history[idx], self.lengths[idx], self.source))
+            kept = lambda idx: self.lengths[idx].clamp(max=self.max_his_len)  # noqa: E731
+            for idx in bucketed(order, kept, batch_size, self.bucket_chunk):
+                batches.append(TaskBatch(task, self.target[idx], self.history[idx], self.lengths[idx], self.source))
         order = torch.randperm(len(batches), generator=gen)
         return [batches[i] for i in order]
 
     def num_samples(self):
         return sum(len(self.items) if t in ITEM_TASKS else len(self.target) for t in self.tasks)
+
+
+class LazyTaskBatch:
+    """A planned micro-batch of a sequence task: target positions in a SequenceStore, no tensors yet.
+
+    ``to(device)`` (what the trainer calls first) materialises it into a :class:`TaskBatch`; the
+    histories exist only while that batch is used, so an epoch's plan costs ~4 bytes a sample.
+    """
+
+    __slots__ = ("task", "positions", "store", "max_his_len", "source")
+
+    def __init__(self, task, positions, store, max_his_len, source=0):
+        self.task, self.positions, self.store = task, positions, store
+        self.max_his_len, self.source = max_his_len, source
+
+    def __len__(self):
+        return self.positions.shape[0]
+
+    def materialise(self):
+        """The :class:`TaskBatch`: history [b, <= max_his_len] (0-padded right), lengths [b], target [b]."""
+        history, lengths, target = self.store.samples(self.positions, self.max_his_len)
+        return TaskBatch(self.task, target, history, lengths, self.source)
+
+    def to(self, device):
+        return self.materialise().to(device)
+
+
+class StreamingTaskSamples:
+    """:class:`TaskSamples`' interface over a :class:`SequenceStore`: the sequence tasks read the
+    store's ``train_index`` (or ``valid_index`` with ``split="valid"``) samples, the item tasks every
+    item once per epoch. Epoch plans hold sample positions only (see :class:`LazyTaskBatch`)."""
+
+    def __init__(self, store, tasks, max_his_len, source=0, bucket_chunk=64, split="train"):
+        if split not in ("train", "valid"):
+            raise ValueError(f"split must be 'train' or 'valid', not {split!r}")
+        self.store = store
+        self.positions = store.train_index if split == "train" else store.valid_index
+        self.items = torch.arange(1, store.item_num)
+        self.tasks = list(tasks)
+        self.max_his_len = max_his_len
+        self.bucket_chunk = bucket_chunk
+        self.source = source
+
+    def epoch_batches(self, epoch, batch_size, seed):
+        """The epoch's micro-batches (lazy for sequence tasks), shuffled by (seed, epoch) only,
+        bucketed by kept history length as :meth:`TaskSamples.epoch_batches` does."""
+        gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+        batches = []
+        for task in self.tasks:
+            if task in ITEM_TASKS:
+                order = self.items[torch.randperm(len(self.items), generator=gen)]
+                batches += [TaskBatch(task, chunk, source=self.source) for chunk in order.split(batch_size)]
+                continue
+            n = len(self.positions)
+            order = self.positions[torch.randperm(n, generator=gen, dtype=torch.int32 if n < 2 ** 31 else torch.int64)]
+            kept = lambda idx: self.store.kept_lengths(idx, self.max_his_len)  # noqa: E731
+            for idx in bucketed(order, kept, batch_size, self.bucket_chunk):
+                batches.append(LazyTaskBatch(task, idx, self.store, self.max_his_len, self.source))
+        order = torch.randperm(len(batches), generator=gen)
+        return [batches[i] for i in order]
+
+    def num_samples(self):
+        return sum(len(self.items) if t in ITEM_TASKS else len(self.positions) for t in self.tasks)
+
+
+def bucketed(order, kept_lengths, batch_size, bucket_chunk):
+    """Split ``order`` [n] into batches of ``batch_size``, each chunk of ``bucket_chunk`` batches
+    first sorted (stably) by ``kept_lengths(chunk)`` so a batch pads to a similar history length."""
+    for chunk in order.split(batch_size * bucket_chunk):
+        yield from chunk[kept_lengths(chunk).argsort(stable=True)].split(batch_size)

@@ -67,6 +67,9 @@ class MQL4GRec(SequentialRecommender):
     """RecBole sequential model; ``full_sort_predict`` returns rank scores of the generated items."""
 
     input_type = InputType.POINTWISE
+    # Under torch.distributed the generative trainer splits every batch and the evaluated users
+    # over the ranks itself (exact metrics); RecBole's DistributedSampler is not used.
+    shards_own_data = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -175,6 +178,10 @@ class MQL4GRec(SequentialRecommender):
         src, tgt, prefix = TASKS[task]
         input_ids, attention_mask = self.encode_history(history, lengths, src, prefix)
         return input_ids, attention_mask, self.target_tokens(target, tgt)
+
+    def forward(self, input_ids, attention_mask, labels):
+        """Summed token loss of a tokenised batch (what DistributedDataParallel wraps)."""
+        return self.token_loss(input_ids, attention_mask, labels)[0]
 
     def token_loss(self, input_ids, attention_mask, labels):
         """(sum of token cross-entropies, number of target tokens): callers normalise over the

@@ -1,6 +1,7 @@
 """Trainer of the generative models: AdamW, warm-up then cosine, token-normalised gradient
 accumulation, bf16 autocast, early stopping on a decoded validation metric, atomic checkpoints."""
 
+import contextlib
 import math
 import os
 import time
@@ -12,6 +13,7 @@ from recbole.trainer import Trainer
 from recbole.utils import dict2str, early_stopping, set_color
 from tqdm import tqdm
 
+from recbole_mql import distributed
 from recbole_mql.compat import load_own_checkpoint
 from recbole_mql.data.task_samples import TaskSamples
 from recbole_mql.utils import CheckpointCompatMixin
@@ -42,6 +44,14 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
         self._valid_subset = None
         name = f"{config['model']}-{config['dataset']}"
         self.last_model_file = os.path.join(self.checkpoint_dir, f"{name}-last.pth")
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        self.ddp, self._shards = None, {}
+        if self.world > 1:
+            # every rank trains on its rows of each batch; DDP averages the gradients
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
+            self.evaluator = GatheredEvaluator(self.evaluator, self.device)
 
     def _build_optimizer(self, **kwargs):
         return torch.optim.AdamW(self.model.parameters(), lr=self.config["learning_rate"],
@@ -68,12 +78,14 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
                     self._save_checkpoint(epoch, verbose=verbose)
             elif (epoch + 1) % self.eval_step == 0:
                 stop = self._validate(valid_data, epoch, saved, verbose, show_progress)
-            atomic_save(self._state(epoch), self.last_model_file)
+            if self.rank == 0:
+                atomic_save(self._state(epoch), self.last_model_file)
             if callback_fn:
                 callback_fn(epoch, self.best_valid_score)
             if stop:
                 self.logger.info(f"Finished training, best eval result in epoch {self.best_epoch}")
                 break
+        distributed.barrier()  # rank 0's checkpoints are on disk before any rank loads the best one
         return self.best_valid_score, self.best_valid_result
 
     def _validate(self, valid_data, epoch, saved, verbose, show_progress):
@@ -128,16 +140,21 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
         groups = [batches[i:i + self.accumulation] for i in range(0, len(batches), self.accumulation)]
         progress = tqdm(groups, ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink")) if show_progress else groups
         total_loss, total_tokens, start, seen = 0.0, 0, time.time(), 0
-        for group in progress:
-            inputs = [self._task_inputs(b) for b in group]
+        for step, group in enumerate(progress):
+            inputs = self._group_inputs(group, epoch_idx, step)
             group_tokens = sum(int((inp[2] != -100).sum()) for inp in inputs)
             self.optimizer.zero_grad()
-            for inp in inputs:
-                with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                    loss_sum, _ = self.model.token_loss(*inp)
-                # normalised over the whole accumulated batch, not per micro-batch
-                (loss_sum / group_tokens).backward()
-                total_loss += float(loss_sum.detach())
+            for i, inp in enumerate(inputs):
+                rows, weight = self._my_rows(inp)
+                # DDP all-reduces the gradients once per accumulated batch, on its last micro-batch
+                sync = self.ddp is None or i == len(inputs) - 1
+                with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                    with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                        loss_sum = (self.ddp or self.model)(*rows)
+                    # normalised over the whole accumulated global batch, not per micro-batch; DDP
+                    # averages over ranks, hence x world
+                    (loss_sum * (weight * self.world / group_tokens)).backward()
+                total_loss += float(loss_sum.detach()) * weight
             total_tokens += group_tokens
             if self.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
@@ -146,9 +163,29 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
             seen += sum(len(b) for b in group)
             if show_progress:
                 progress.set_postfix_str(f"loss {total_loss / total_tokens:.4f}, {seen / (time.time() - start):.0f} samples/s")
+        total_loss = distributed.all_reduce_sum(total_loss, self.device)
         self.logger.info(f"epoch {epoch_idx}: {seen} samples in {time.time() - start:.1f}s "
                          f"({seen / max(time.time() - start, 1e-9):.1f} samples/s), lr {self.scheduler.get_last_lr()[0]:.2e}")
         return total_loss / max(total_tokens, 1)
+
+    def _group_inputs(self, group, epoch, step):
+        """Tokenised inputs of one accumulated batch. Task inputs may draw random numbers (the fusion
+        task's coin): drawn from a generator seeded by (seed, epoch, step), every rank builds the same
+        global batch as a single process would, whatever dropout consumed before."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed((self.config["seed"] * 1_000_003 + epoch) * 1_000_003 + step)
+            return [self._task_inputs(b) for b in group]
+
+    def _my_rows(self, inputs):
+        """(this rank's rows of a global micro-batch, loss weight). A rank left without rows (batch
+        smaller than the world) still runs one row with weight 0, as DDP needs every rank's backward."""
+        if self.world == 1:
+            return inputs, 1.0
+        start, end = distributed.shard_range(inputs[0].shape[0], self.rank, self.world)
+        if start == end:
+            return [t[:1] for t in inputs], 0.0
+        return [t[start:end] for t in inputs], 1.0
 
     def _task_inputs(self, batch):
         batch = batch.to(self.device)
@@ -158,6 +195,26 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
         return self.model
 
     # ---------------------------------------------------------------------------- validation
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        """RecBole's full-ranking evaluation; with several ranks each decodes a contiguous block of
+        the users and :class:`GatheredEvaluator` computes the metrics on all of them."""
+        if self.world > 1 and eval_data:
+            eval_data = self._user_shard(eval_data)
+        return super().evaluate(eval_data, load_best_model=load_best_model, model_file=model_file,
+                                show_progress=show_progress and self.rank == 0)
+
+    def _user_shard(self, eval_data):
+        key = id(eval_data)
+        if key not in self._shards:
+            dataset = eval_data._dataset
+            start, end = distributed.shard_range(len(dataset), self.rank, self.world)
+            if start == end:
+                raise ValueError(f"{len(dataset)} users to evaluate cannot be shared by {self.world} processes: "
+                                 f"use fewer processes or more valid_users.")
+            subset = dataset.copy(dataset.inter_feat[torch.arange(start, end)])
+            self._shards[key] = (eval_data, FullSortEvalDataLoader(self.config, subset, eval_data._sampler, shuffle=False))
+        return self._shards[key][1]
+
     def _valid_epoch(self, valid_data, show_progress=False):
         return super()._valid_epoch(self._validation_users(valid_data), show_progress)
 
@@ -193,9 +250,11 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
         }
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        """Best checkpoint (RecBole calls this when validation improves), written atomically."""
+        """Best checkpoint (RecBole calls this when validation improves), written atomically by rank 0."""
         self.best_epoch = epoch
         path = kwargs.pop("saved_model_file", self.saved_model_file)
+        if self.rank != 0:
+            return
         atomic_save(self._state(epoch), path)
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {path}")
@@ -225,6 +284,19 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
                              f"model's {self.model.language.state()}; use the same code_max_levels/codebook_size.")
         self.model.load_state_dict(checkpoint["state_dict"])
         self.logger.info(f"Fine-tuning from pre-trained {path} (epoch {checkpoint['epoch']})")
+
+
+class GatheredEvaluator:
+    """RecBole's evaluator over the users of every rank: each rank collected its block of users, the
+    per-user rows (``rec.*``) are gathered in rank order, so the metrics are a single process's."""
+
+    def __init__(self, evaluator, device):
+        self.evaluator, self.device = evaluator, device
+
+    def evaluate(self, struct):
+        for key in [k for k in struct._data_dict if k.startswith("rec.")]:
+            struct._data_dict[key] = distributed.gather_rows(struct._data_dict[key], self.device)
+        return self.evaluator.evaluate(struct)
 
 
 def atomic_save(state, path):

@@ -1,44 +1,68 @@
-"""Pre-training one backbone on several datasets through one shared quantitative language."""
+"""Pre-training one backbone on several datasets through one shared quantitative language.
+
+The datasets' samples stream from compact sequence stores (4 bytes an interaction and 4 a sample,
+see ``recbole_mql.data.sequence_store``): each dataset is loaded, compacted and its RecBole tables
+freed before the next, so memory grows with the interactions, not with RecBole's 50-item rows.
+"""
 
 import os
 
 import torch
 
-from recbole_mql.data.task_samples import TaskSamples
+from recbole_mql.data.sequence_store import compact_dataset
+from recbole_mql.data.task_samples import StreamingTaskSamples
+from recbole_mql.quick_start import check_item_features, prepare_atomic_files
 from recbole_mql.trainer.generative_trainer import GenerativeTrainer
+from recbole_mql.utils import create_dataset
+
+
+def load_pretrain_domain(config):
+    """(dataset, store) of ``config['dataset']``: RecBole's filtered, remapped dataset holding its item
+    features only (enough to build a model: item count and code fields), and the
+    :class:`~recbole_mql.data.sequence_store.SequenceStore` of its interactions (RecBole's split)."""
+    prepare_atomic_files(config)
+    check_item_features(config)
+    dataset = create_dataset(config)  # no data_preparation: nothing augmented, nothing split
+    return dataset, compact_dataset(dataset)
 
 
 class PretrainTrainer(GenerativeTrainer):
     """Trains the T5 shared by ``models`` (one per dataset, each with its own item code tables)
-    on the union of their training samples; keeps the checkpoint of lowest validation token loss
-    (the paper's choice for pre-training)."""
+    on the union of the training samples of ``stores`` (``stores[i]`` feeds ``models[i]``); keeps
+    the checkpoint of lowest validation token loss (the paper's choice for pre-training)."""
 
-    def __init__(self, config, models, train_loaders, valid_loaders):
+    def __init__(self, config, models, stores):
         backbone = models[0].t5
         if any(m.t5 is not backbone for m in models):
             raise ValueError("pre-training models must share one backbone (model.t5)")
+        if len(models) != len(stores):
+            raise ValueError(f"{len(models)} models for {len(stores)} sequence stores: give one store per model")
         super().__init__(config, models[0])
-        self.models, self.train_loaders, self.valid_loaders = models, train_loaders, valid_loaders
+        self.models, self.stores = models, stores
         self.valid_metric_bigger = True  # score = -loss
         self.best_valid_score = float("-inf")
-        names = "+".join(loader._dataset.dataset_name for loader in train_loaders)
+        names = "+".join(store.dataset_name for store in stores)
         stem = os.path.join(self.checkpoint_dir, f"{config['model']}-pretrain-{names}")
         self.saved_model_file, self.last_model_file = stem + ".pth", stem + "-last.pth"
 
+    def _samples(self, split):
+        return [StreamingTaskSamples(store, model.tasks, model.max_his_len, source=i, split=split)
+                for i, (model, store) in enumerate(zip(self.models, self.stores))]
+
     def _build_samples(self, train_data):
-        return [TaskSamples(loader._dataset, model.tasks, model.max_his_len, source=i)
-                for i, (model, loader) in enumerate(zip(self.models, self.train_loaders))]
+        return self._samples("train")
 
     def _source_model(self, source):
         return self.models[source]
 
     @torch.no_grad()
     def _valid_epoch(self, valid_data, show_progress=False):
-        """(-loss, {"valid_loss": loss}): mean token loss of next-item generation on every validation set."""
+        """(-loss, {"valid_loss": loss}): mean token loss of every task on every dataset's validation
+        samples (each user's second-to-last item)."""
         self.model.eval()
         total, tokens = 0.0, 0
-        for i, (model, loader) in enumerate(zip(self.models, self.valid_loaders)):
-            samples = TaskSamples(loader._dataset, model.tasks, model.max_his_len, source=i)
+        for samples in self._samples("valid"):
+            model = self.models[samples.source]
             for batch in samples.epoch_batches(0, self.config["eval_batch_size"], self.config["seed"]):
                 loss, n = model.token_loss(*self._task_inputs(batch))
                 total, tokens = total + float(loss), tokens + n
@@ -46,4 +70,4 @@ class PretrainTrainer(GenerativeTrainer):
         return -loss, {"valid_loss": round(loss, 4)}
 
     def fit_all(self, show_progress=False):
-        return self.fit(self.train_loaders, self.valid_loaders, saved=True, show_progress=show_progress)
+        return self.fit(self.stores, self.stores, saved=True, show_progress=show_progress)
