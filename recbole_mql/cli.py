@@ -102,6 +102,11 @@ def run_compare(flags):
 
     if "model" in flags:
         raise ValueError("Give either --model=NAME (one model) or --compare=A,B,... (several), not both.")
+    launch = torchrun_launch()
+    if (launch and launch.world_size > 1) or int(flags.get("nproc", 1)) > 1:
+        raise ValueError("--compare runs in one process (each model's folder, table and plot are written once): "
+                         "distribute single-model runs instead, e.g. torchrun --nproc_per_node=N "
+                         "run_recbole_mql.py --model=NAME --dataset=NAME.")
     models = flags.pop("compare")
     if models == "True":
         raise ValueError("--compare needs the models, e.g. --compare=SASRec,BERT4Rec,FDSA,TIGER,MQL4GRec.")

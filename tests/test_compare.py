@@ -242,3 +242,6 @@ def test_cli_compare_and_recommend(comparison, workdir, capsys):
     assert cli_main(["--model=Pop", "--dataset=Instruments", f"--data_path={data}", "--protocol=gpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Protocol 'gpu' not found" in err[0]
+    assert cli_main(["--compare=Pop,SASRec", "--dataset=Instruments", "--nproc=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--compare runs in one process" in err[0]
