@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from dataset_prep.atomic import convert
-from recbole_mql.distributed import shard_range
+from recbole_mql.distributed import Launch, backend_for, recbole_launch, shard_range, torchrun_launch
 from tests.conftest import REPO, SMALL_T5, subset_source
 
 
@@ -20,6 +21,21 @@ def test_shards_cover_every_user_once_in_order():
             assert covered == list(range(n))
             sizes = [end - start for start, end in blocks]
             assert max(sizes) - min(sizes) <= 1
+
+
+def test_launch_from_recbole_keys_and_torchrun(monkeypatch):
+    # RecBole's keys: rank = local_rank + offset, world_size defaults to nproc, tcp rendezvous
+    launch = recbole_launch({"local_rank": 1, "nproc": 2, "world_size": 4, "offset": 2, "ip": "h0", "port": 7})
+    assert (launch.rank, launch.local_rank, launch.world_size, launch.init_method) == (3, 1, 4, "tcp://h0:7")
+    assert recbole_launch({"local_rank": 0, "nproc": 2}).world_size == 2
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert torchrun_launch() is None
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert torchrun_launch() == Launch(5, 1, 8, "env://")
+    assert backend_for(torch.device("cpu")) == "gloo" and backend_for(torch.device("cuda", 0)) == "nccl"
 
 
 @pytest.fixture(scope="module")
