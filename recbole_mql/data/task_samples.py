@@ -52,19 +52,13 @@ class TaskSamples:
         Sequence samples are sorted by history length inside chunks of ``bucket_chunk`` batches,
         so a batch pads to a similar length (padding to the longest wastes most of an epoch).
         """
-        gen = torch.Generator().manual_seed(seed * 100003 + epoch)
-        batches = []
-        for task in self.tasks:
-            if task in ITEM_TASKS:
-                order = self.items[torch.randperm(len(self.items), generator=gen)]
-                batches += [TaskBatch(task, chunk, source=self.source) for chunk in order.split(batch_size)]
-                continue
+        def sequence_batches(task, gen):
             order = torch.randperm(len(self.target), generator=gen)
             kept = lambda idx: self.lengths[idx].clamp(max=self.max_his_len)  # noqa: E731
             for idx in bucketed(order, kept, batch_size, self.bucket_chunk):
-                batches.append(TaskBatch(task, self.target[idx], self.history[idx], self.lengths[idx], self.source))
-        order = torch.randperm(len(batches), generator=gen)
-        return [batches[i] for i in order]
+                yield TaskBatch(task, self.target[idx], self.history[idx], self.lengths[idx], self.source)
+
+        return plan_epoch(self, epoch, batch_size, seed, sequence_batches)
 
     def num_samples(self):
         return sum(len(self.items) if t in ITEM_TASKS else len(self.target) for t in self.tasks)
@@ -114,23 +108,32 @@ class StreamingTaskSamples:
     def epoch_batches(self, epoch, batch_size, seed):
         """The epoch's micro-batches (lazy for sequence tasks), shuffled by (seed, epoch) only,
         bucketed by kept history length as :meth:`TaskSamples.epoch_batches` does."""
-        gen = torch.Generator().manual_seed(seed * 100003 + epoch)
-        batches = []
-        for task in self.tasks:
-            if task in ITEM_TASKS:
-                order = self.items[torch.randperm(len(self.items), generator=gen)]
-                batches += [TaskBatch(task, chunk, source=self.source) for chunk in order.split(batch_size)]
-                continue
+        def sequence_batches(task, gen):
             n = len(self.positions)
             order = self.positions[torch.randperm(n, generator=gen, dtype=torch.int32 if n < 2 ** 31 else torch.int64)]
             kept = lambda idx: self.store.kept_lengths(idx, self.max_his_len)  # noqa: E731
             for idx in bucketed(order, kept, batch_size, self.bucket_chunk):
-                batches.append(LazyTaskBatch(task, idx, self.store, self.max_his_len, self.source))
-        order = torch.randperm(len(batches), generator=gen)
-        return [batches[i] for i in order]
+                yield LazyTaskBatch(task, idx, self.store, self.max_his_len, self.source)
+
+        return plan_epoch(self, epoch, batch_size, seed, sequence_batches)
 
     def num_samples(self):
         return sum(len(self.items) if t in ITEM_TASKS else len(self.positions) for t in self.tasks)
+
+
+def plan_epoch(samples, epoch, batch_size, seed, sequence_batches):
+    """The micro-batches of every task of ``samples`` for one epoch, shuffled by (seed, epoch) only:
+    item tasks batch every item once; ``sequence_batches(task, gen)`` yields a sequence task's batches."""
+    gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+    batches = []
+    for task in samples.tasks:
+        if task in ITEM_TASKS:
+            order = samples.items[torch.randperm(len(samples.items), generator=gen)]
+            batches += [TaskBatch(task, chunk, source=samples.source) for chunk in order.split(batch_size)]
+        else:
+            batches += list(sequence_batches(task, gen))
+    order = torch.randperm(len(batches), generator=gen)
+    return [batches[i] for i in order]
 
 
 def bucketed(order, kept_lengths, batch_size, bucket_chunk):
