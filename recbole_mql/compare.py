@@ -332,7 +332,8 @@ def csv_text(rows, columns):
 
 def markdown_report(dataset, rows, ref_rows, reference, run_dir):
     parts = [f"# {dataset}: side-by-side comparison", "",
-             f"Test metrics (full ranking, leave-one-out), one split and seed for every model. Folder: `{run_dir}`.",
+             f"Test metrics (full ranking, leave-one-out), one split and seed for every model. Folder: `{run_dir}`. "
+             "Best epoch counts from 0, as RecBole's log does; seconds are wall time.",
              "", markdown_table(rows, COLUMNS)]
     if reference is not None:
         parts += ["", "## Published numbers", "", markdown_table(ref_rows, REFERENCE_COLUMNS), ""]
@@ -366,9 +367,9 @@ def plot_metrics(rows, ref_rows, path):
     ax.set_ylabel("test score")
     ax.set_title("Models on one split (full ranking)")
     if series:
-        ax.legend(fontsize="small", ncols=2 if len(series) > 6 else 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        # Beside the axes, not over the bars.
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def write_report(run_dir, dataset, rows, reference):
