@@ -52,7 +52,7 @@ def test_every_task_builds_consistent_inputs(data_path, tmp_path):
         assert ids.shape == mask.shape and labels.shape[0] == ids.shape[0]
         assert ((ids == EOS_ID).sum(dim=1) == 1).all()
         loss, n = net.token_loss(ids, mask, labels)
-        assert n == int((labels != -100).sum()) and math.isfinite(float(loss))
+        assert n == int((labels != -100).sum()) and math.isfinite(loss.item())
 
 
 def test_beam_smaller_than_topk_is_refused(data_path, tmp_path):
