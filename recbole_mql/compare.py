@@ -4,7 +4,7 @@ one table (CSV + Markdown) and one grouped bar chart.
 
 A comparison lives in ``<results_dir>/<dataset>/<timestamp>/``::
 
-    comparison.json         dataset, models and the settings every model ran with (checked on resume)
+    comparison.json         dataset, every model asked for and the settings they ran with (checked on resume)
     <Model>.result.json     the model's row, written atomically as soon as the model finishes
     <Model>.config.yaml     the resolved config the model ran with
     <Model>.log             the model's RecBole log (every record of its run, RecBole's format)
@@ -113,10 +113,13 @@ def open_run_dir(results_dir, dataset, resume_dir=None):
 
 
 def check_manifest(run_dir, manifest):
-    """Refuse to resume a folder made for another dataset or other settings: its rows would not compare."""
+    """Refuse to resume a folder made for another dataset or other settings: its rows would not compare.
+
+    Returns the manifest to write: ``models`` lists every model the folder was asked for, earlier
+    commands' first (two comparisons with disjoint lists may share one folder)."""
     path = os.path.join(run_dir, MANIFEST)
     if not os.path.isfile(path):
-        return
+        return manifest
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
     changed = []
@@ -134,6 +137,7 @@ def check_manifest(run_dir, manifest):
         raise CompareError(
             f"{run_dir} holds a comparison run with other settings ({'; '.join(changed)}): resume it with the "
             f"same --dataset, --protocol, --config_files and --key=value flags, or start a new one (no --resume_dir).")
+    return dict(manifest, models=list(dict.fromkeys(list(old.get("models") or []) + list(manifest["models"]))))
 
 
 def write_text(path, text):
@@ -438,8 +442,7 @@ def run_comparison(models, dataset, config_file_list=None, config_dict=None, cmd
                       "config_files": list(config_file_list or []),
                       "config_dict": config_dict or {}, "cmd_args": cmd_args or {}})
     manifest = {"dataset": dataset, "models": models, "protocol": protocol, "settings": settings}
-    check_manifest(run_dir, manifest)
-    write_json(os.path.join(run_dir, MANIFEST), manifest)
+    write_json(os.path.join(run_dir, MANIFEST), check_manifest(run_dir, manifest))
     rows = []
     for i, model in enumerate(models, 1):
         row = finished_row(run_dir, model)

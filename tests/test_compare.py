@@ -135,6 +135,21 @@ def test_interrupted_comparison_resumes(workdir, monkeypatch):
     assert ran == ["SASRec"] and [r["status"] for r in result["rows"]] == ["ok", "ok"]
 
 
+def test_disjoint_comparisons_share_a_folder(workdir, monkeypatch):
+    """Two commands with disjoint model lists into one folder (e.g. side by side on 2 cores); the
+    command naming both then trains nothing and tables both."""
+    kwargs = {"config_dict": tiny_config(str(workdir / "data")), "resume_dir": str(workdir / "shared_folder")}
+    ran = spy_runs(monkeypatch)
+    run_comparison(["SASRec"], "Instruments", **kwargs)
+    run_comparison(["Pop"], "Instruments", **kwargs)
+    with open(workdir / "shared_folder" / compare.MANIFEST, encoding="utf-8") as f:
+        assert json.load(f)["models"] == ["SASRec", "Pop"]
+    result = run_comparison(["Pop", "SASRec"], "Instruments", **kwargs)
+    assert ran == ["SASRec", "Pop"]
+    assert [(r["model"], r["status"]) for r in result["rows"]] == [("Pop", "ok"), ("SASRec", "ok")]
+    assert [r["model"] for r in read_csv(workdir / "shared_folder" / "results.csv")] == ["Pop", "SASRec"]
+
+
 def test_interrupted_generative_model_resumes_from_its_last_epoch(workdir, monkeypatch):
     """A comparison killed in TIGER's second epoch goes on from the state saved after the first."""
     from recbole_mql.trainer.generative_trainer import GenerativeTrainer
