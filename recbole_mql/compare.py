@@ -112,7 +112,7 @@ def open_run_dir(results_dir, dataset, resume_dir=None):
     return path
 
 
-def check_manifest(run_dir, manifest):
+def checked_manifest(run_dir, manifest):
     """Refuse to resume a folder made for another dataset or other settings: its rows would not compare.
 
     Returns the manifest to write: ``models`` lists every model the folder was asked for, earlier
@@ -137,7 +137,7 @@ def check_manifest(run_dir, manifest):
         raise CompareError(
             f"{run_dir} holds a comparison run with other settings ({'; '.join(changed)}): resume it with the "
             f"same --dataset, --protocol, --config_files and --key=value flags, or start a new one (no --resume_dir).")
-    return dict(manifest, models=list(dict.fromkeys(list(old.get("models") or []) + list(manifest["models"]))))
+    return dict(manifest, models=list(dict.fromkeys((old.get("models") or []) + manifest["models"])))
 
 
 def write_text(path, text):
@@ -442,7 +442,7 @@ def run_comparison(models, dataset, config_file_list=None, config_dict=None, cmd
                       "config_files": list(config_file_list or []),
                       "config_dict": config_dict or {}, "cmd_args": cmd_args or {}})
     manifest = {"dataset": dataset, "models": models, "protocol": protocol, "settings": settings}
-    write_json(os.path.join(run_dir, MANIFEST), check_manifest(run_dir, manifest))
+    write_json(os.path.join(run_dir, MANIFEST), checked_manifest(run_dir, manifest))
     rows = []
     for i, model in enumerate(models, 1):
         row = finished_row(run_dir, model)
