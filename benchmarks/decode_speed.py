@@ -24,16 +24,15 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
+from dataset_prep.code_tokens import parse_token
 from recbole_mql.model.beam_search import ConstrainedBeamSearch
 from recbole_mql.model.prefix_trie import PrefixTrie
+from recbole_mql.model.tokenizer import EOS_ID as EOS
+from recbole_mql.model.tokenizer import QuantitativeLanguage
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "Instruments")
-LEVEL_PREFIXES = ("A", "B", "C", "D")  # image code tokens <A_i><B_j><C_k><D_l>
-CODES_PER_LEVEL = 256
-N_SPECIAL = 10  # pad, eos and a few task-prefix tokens, as in our vocabulary
-N_CODE_TOKENS = 2 * len(LEVEL_PREFIXES) * CODES_PER_LEVEL  # text <a_i>..<d_l>, then image <A_i>..<D_l>
+MODALITY = "image"  # the catalogue: image code tokens <A_i><B_j><C_k><D_l>
 AUTHORS_BASE_VOCAB = 32128  # t5-small's vocabulary, onto which the authors add the code tokens
-EOS = 1
 
 
 def parse_args():
@@ -52,9 +51,18 @@ def parse_args():
     return parser.parse_args()
 
 
-def code_tokens(vocab_offset):
-    """LongTensor ``[4, 256]``: vocabulary id of each image code, code tokens from ``vocab_offset``."""
-    return vocab_offset + torch.arange(len(LEVEL_PREFIXES) * CODES_PER_LEVEL).view(len(LEVEL_PREFIXES), -1)
+def our_vocabulary(levels):
+    """(vocabulary size, LongTensor ``[levels, codebook]`` of the image code ids) of our quantitative
+    language as MQL4GRec builds it (its default ``code_max_levels`` and ``codebook_size``)."""
+    language = QuantitativeLanguage()
+    return len(language), language.level_token_ids(MODALITY, levels)
+
+
+def authors_vocabulary(levels):
+    """The same for the authors' layout: t5-small's words, then text and image code tokens of ``levels`` levels."""
+    language = QuantitativeLanguage(max_levels=levels)
+    code_ids = language.level_token_ids(MODALITY, levels) - language.code_offset + AUTHORS_BASE_VOCAB
+    return AUTHORS_BASE_VOCAB + len(language) - language.code_offset, code_ids
 
 
 def load_codes(data_dir):
@@ -64,7 +72,7 @@ def load_codes(data_dir):
     rows = []
     for item in range(len(index)):
         tokens = index[str(item)]
-        rows.append([int(tok.strip("<>").split("_")[1]) for tok in tokens])
+        rows.append([parse_token(tok)[1] for tok in tokens])
     return torch.tensor(rows)
 
 
@@ -161,8 +169,7 @@ def main():
         torch.set_num_threads(args.threads)
     codes = load_codes(args.data)
     trie = PrefixTrie(codes)
-    token_ids = code_tokens(N_SPECIAL + N_CODE_TOKENS // 2)
-    vocab = N_SPECIAL + N_CODE_TOKENS
+    vocab, token_ids = our_vocabulary(codes.shape[1])
     input_ids, mask = load_histories(args.data, codes, token_ids)
     n_ours = min(args.users, input_ids.shape[0])
     n_hf = min(args.hf_users, n_ours)
@@ -177,9 +184,9 @@ def main():
         "hf": lambda: run_hf(model, token_ids, trie, input_ids[:n_hf], mask[:n_hf], args.beam, args.hf_batch),
     }
     if args.authors_vocab:
-        authors_ids = code_tokens(AUTHORS_BASE_VOCAB + N_CODE_TOKENS // 2)
+        authors_vocab, authors_ids = authors_vocabulary(codes.shape[1])
         authors_inputs, _ = load_histories(args.data, codes, authors_ids)
-        big = paper_model(AUTHORS_BASE_VOCAB + N_CODE_TOKENS, args.seed).to(args.device)
+        big = paper_model(authors_vocab, args.seed).to(args.device)
         runs["hf_authors"] = lambda: run_hf(
             big, authors_ids, trie, authors_inputs[:n_hf], mask[:n_hf], args.beam, args.hf_batch)
     timed = best_times(runs, args.repeats)
@@ -192,7 +199,7 @@ def main():
           f"{same:.1%} of {n_hf} users, max score gap {gap:.2e}")
     if args.authors_vocab:
         t_big = timed["hf_authors"][0]
-        print(f"HF, authors' {AUTHORS_BASE_VOCAB + N_CODE_TOKENS}-word vocabulary: {n_hf / t_big:8.1f} users/s "
+        print(f"HF, authors' {authors_vocab}-word vocabulary: {n_hf / t_big:8.1f} users/s "
               f"(a different random model); ours is {t_big / t_same:.1f}x faster")
 
 

@@ -16,12 +16,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset_prep.pipeline import DEFAULT_RQVAE_CONFIG, main  # noqa: E402
+from dataset_prep.cli import DEFAULT_RQVAE_CONFIG, stage_main  # noqa: E402
 
 
 def timed(label, argv, results):
     start = time.perf_counter()
-    main(argv + ["--force", "--quiet"])
+    stage_main(argv + ["--force", "--quiet"])
     results.append((label, time.perf_counter() - start))
 
 

@@ -68,25 +68,25 @@ def _run_worker(mode, datasets, data_path):
 
 # ------------------------------------------------------------------------------------ worker side
 def _config(name, data_path, checkpoint_dir):
-    from recbole_mql.quick_start import build_config
+    from recbole_mql.config import Config
 
-    return build_config("MQL4GRec", name, config_dict={
+    return Config("MQL4GRec", name, config_dict={
         "data_path": data_path, "checkpoint_dir": checkpoint_dir, "state": "ERROR", "show_progress": False})
 
 
 def _tasks(config, dataset):
     """The pre-training tasks ``dataset``'s codes allow (as MQL4GRec keeps with skip_unavailable_tasks)."""
     from recbole_mql.data.item_codes import available_modalities
-    from recbole_mql.model.mql4grec import task_modalities
+    from recbole_mql.data.tasks import TASKS
 
     have = set(available_modalities(dataset))
-    return [t for t in config["pretrain_tasks"] if task_modalities(t) <= have]
+    return [t for t in config["pretrain_tasks"] if TASKS[t].modalities <= have]
 
 
 def _load_recbole(datasets, data_path, checkpoint_dir):
     """The former pre-training path: load_data per dataset, train + valid loaders kept for the run."""
     from recbole_mql.data.task_samples import TaskSamples
-    from recbole_mql.quick_start import load_data
+    from recbole_mql.data.preparation import load_data
 
     kept, samples = [], []
     for i, name in enumerate(datasets):
@@ -100,7 +100,7 @@ def _load_recbole(datasets, data_path, checkpoint_dir):
 def _load_streaming(datasets, data_path, checkpoint_dir):
     """The streaming path: one dataset at a time compacted into a SequenceStore, RecBole's tables freed."""
     from recbole_mql.data.task_samples import StreamingTaskSamples
-    from recbole_mql.trainer.pretrain import load_pretrain_domain
+    from recbole_mql.data.preparation import load_pretrain_domain
 
     stores, samples = [], []
     for i, name in enumerate(datasets):

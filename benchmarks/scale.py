@@ -43,10 +43,11 @@ def train_worker(local_rank, nproc, port, threads, settings, out_file):
     from recbole.utils import init_seed
 
     from recbole_mql import distributed
-    from recbole_mql.quick_start import build_config, load_data
+    from recbole_mql.config import Config
+    from recbole_mql.data.preparation import load_data
     from recbole_mql.utils import get_model, get_trainer
 
-    config = build_config(settings["model"], "Instruments", config_dict=settings["config"])
+    config = Config(settings["model"], "Instruments", config_dict=settings["config"])
     init_seed(config["seed"], config["reproducibility"])
     _, train, _, _ = load_data(config)
     model = get_model(config["model"])(config, train._dataset).to(config["device"])

@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
 from recbole_mql.data.task_samples import TaskBatch, TaskSamples  # noqa: E402
 from recbole_mql.model.mql4grec import build_backbone  # noqa: E402
-from recbole_mql.quick_start import build_config, load_data  # noqa: E402
+from recbole_mql.config import Config  # noqa: E402
+from recbole_mql.data.preparation import load_data  # noqa: E402
 from recbole_mql.utils import get_model  # noqa: E402
 
 AUTHORS_VOCAB = 32128 + 2048
@@ -61,7 +62,7 @@ def main():
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     os.environ.setdefault("RECBOLE_MQL_SOURCE", DEFAULT_SOURCE)
-    config = build_config("TIGER", "Instruments", config_dict={"data_path": args.data_path, "state": "ERROR"})
+    config = Config("TIGER", "Instruments", config_dict={"data_path": args.data_path, "state": "ERROR"})
     _, train, _, _ = load_data(config)
     model = get_model("TIGER")(config, train._dataset)
     unsorted = TaskSamples(train._dataset, ["seqrec"], 20, bucket_chunk=1).epoch_batches(0, args.batch_size, 0)

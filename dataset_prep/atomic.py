@@ -8,10 +8,11 @@ and ``title`` where item text exists). Original integer ids are kept as tokens.
 Code files are recognised by content: ``<Name>.index*.json`` whose tokens are lower-case
 (``<a_12>``) hold text codes, upper-case (``<A_12>``) image codes.
 
-Collisions (several items with the same code) are never merged: with ``collision_rule="suffix"``
+Collisions (several items with the same code) are never merged: with ``on_collision="suffix"``
 (the default, as in TIGER) every item of the modality gets one more level, ``<e_k>`` for text and
 ``<E_k>`` for image, where ``k`` numbers the items sharing a code in increasing item id (0 for an
-item whose code is unique); ``collision_rule="error"`` refuses such files.
+item whose code is unique; :func:`dataset_prep.collisions.suffix_ranks`); ``on_collision="error"``
+refuses such files.
 """
 
 import glob
@@ -19,29 +20,30 @@ import html
 import logging
 import os
 import re
-from collections import defaultdict
 
+from dataset_prep import code_tokens
+from dataset_prep.collisions import collision_groups, item_order, suffix_ranks
 from dataset_prep.io import PrepError, atomic_write, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
-CODE_TOKEN = re.compile(r"^<([A-Za-z])_(\d+)>$")
 MODALITIES = {"text": "text_code", "image": "image_code"}
 SOURCE_ENV = "RECBOLE_MQL_SOURCE"
+# What the conversion does with items that share a code (``--on_collision``): add a level, or refuse.
+ON_COLLISION_CHOICES = ("suffix", "error")
+DEFAULT_ON_COLLISION = "suffix"
 
 
 def parse_code(tokens, item, path):
     """``["<a_1>", "<b_2>", ...]`` -> ``[("a", 1), ("b", 2), ...]``; bad tokens name file and item."""
-    if isinstance(tokens, str):
-        tokens = re.findall(r"<[^>]*>", tokens)
     parsed = []
-    for token in tokens:
-        m = CODE_TOKEN.match(str(token))
-        if not m:
+    for token in code_tokens.split_tokens(tokens):
+        letter_index = code_tokens.parse_token(token)
+        if letter_index is None:
             raise PrepError(
                 f"{path}: item {item} has a malformed code token {token!r}; expected tokens like '<a_12>'."
             )
-        parsed.append((m.group(1), int(m.group(2))))
+        parsed.append(letter_index)
     if not parsed:
         raise PrepError(f"{path}: item {item} has an empty code.")
     return parsed
@@ -49,11 +51,9 @@ def parse_code(tokens, item, path):
 
 def code_modality(codes, path):
     """'text' for lower-case level letters, 'image' for upper-case ones."""
-    letters = {letter for code in codes.values() for letter, _ in code}
-    if all(letter.islower() for letter in letters):
-        return "text"
-    if all(letter.isupper() for letter in letters):
-        return "image"
+    modality = code_tokens.letters_modality({letter for code in codes.values() for letter, _ in code})
+    if modality is not None:
+        return modality
     raise PrepError(f"{path}: mixes lower- and upper-case code levels; one file must hold one modality.")
 
 
@@ -74,38 +74,22 @@ def load_code_files(source_dir, name):
     return found
 
 
-def find_collisions(codes):
-    """{code tuple: [items sharing it]} for the codes held by more than one item."""
-    groups = defaultdict(list)
-    for item, code in codes.items():
-        groups[tuple(code)].append(item)
-    return {code: items for code, items in groups.items() if len(items) > 1}
-
-
-def disambiguate(codes, collision_rule, path):
-    """Apply the collision rule; returns (codes, number of items that shared a code)."""
-    collisions = find_collisions(codes)
-    n_colliding = sum(len(items) for items in collisions.values())
-    if not collisions:
+def disambiguate(codes, on_collision, path):
+    """Apply ``on_collision`` to {item: [(letter, index), ...]}; returns (codes, number of items that shared a code)."""
+    groups = collision_groups(codes)
+    n_colliding = sum(len(items) for items in groups.values())
+    if not groups:
         return codes, 0
-    if collision_rule == "error":
+    if on_collision == "error":
         raise PrepError(
-            f"{path}: {n_colliding} items share {len(collisions)} codes. Regenerate collision-free codes "
-            f"(python -m dataset_prep codes ...) or use --collision_rule=suffix."
+            f"{path}: {n_colliding} items share {len(groups)} codes. Regenerate collision-free codes "
+            f"(python -m dataset_prep codes ...) or use --on_collision=suffix."
         )
-    if collision_rule != "suffix":
-        raise PrepError(f"Unknown collision rule {collision_rule!r}; use 'suffix' or 'error'.")
-    last_letter = next(iter(codes.values()))[-1][0]
-    suffix_letter = chr(ord(last_letter) + 1)
-    rank = {}
-    for items in collisions.values():
-        for k, item in enumerate(sorted(items, key=_item_order)):
-            rank[item] = k
-    return {item: code + [(suffix_letter, rank.get(item, 0))] for item, code in codes.items()}, n_colliding
-
-
-def _item_order(item):
-    return (0, int(item)) if str(item).isdigit() else (1, str(item))
+    if on_collision != "suffix":
+        raise PrepError(f"Unknown --on_collision rule {on_collision!r}; use one of {', '.join(ON_COLLISION_CHOICES)}.")
+    suffix_letter = code_tokens.next_level_letter(next(iter(codes.values()))[-1][0])
+    ranks = suffix_ranks(groups)
+    return {item: code + [(suffix_letter, ranks.get(item, 0))] for item, code in codes.items()}, n_colliding
 
 
 def clean_text(value):
@@ -122,7 +106,8 @@ def clean_text(value):
 
 
 def format_code(code):
-    return " ".join(f"<{letter}_{index}>" for letter, index in code)
+    """``[("a", 1), ("b", 2)]`` -> ``"<a_1> <b_2>"`` (a ``token_seq`` field)."""
+    return " ".join(code_tokens.letter_token(letter, index) for letter, index in code)
 
 
 def resolve_source(dataset, source=None):
@@ -135,7 +120,7 @@ def resolve_source(dataset, source=None):
     return None
 
 
-def convert(dataset, source_dir, data_path="dataset", collision_rule="suffix"):
+def convert(dataset, source_dir, data_path="dataset", on_collision=DEFAULT_ON_COLLISION):
     """Write the atomic files of ``dataset`` from ``source_dir``; returns a summary dict."""
     if not os.path.isdir(source_dir):
         raise PrepError(
@@ -150,7 +135,7 @@ def convert(dataset, source_dir, data_path="dataset", collision_rule="suffix"):
         sequences = read_json(inter_path, "Interaction file")
     if not isinstance(sequences, dict):
         raise PrepError(f"{inter_path}: expected an object {{user id: [item ids, oldest first]}}.")
-    items_used = sorted({str(i) for seq in sequences.values() for i in seq}, key=_item_order)
+    items_used = sorted({str(i) for seq in sequences.values() for i in seq}, key=item_order)
 
     item_fields = {}
     summary = {"users": len(sequences), "items": len(items_used),
@@ -164,13 +149,13 @@ def convert(dataset, source_dir, data_path="dataset", collision_rule="suffix"):
                 f"(python -m dataset_prep codes ...) or remove that code file."
             )
         codes = {i: codes[i] for i in items_used}
-        codes, n_colliding = disambiguate(codes, collision_rule, path)
+        codes, n_colliding = disambiguate(codes, on_collision, path)
         summary[f"{modality}_colliding_items"] = n_colliding
         summary[f"{modality}_code_levels"] = len(next(iter(codes.values())))
         if n_colliding:
             logger.warning(
                 f"{path}: {n_colliding} items shared a {modality} code; each got a disambiguating "
-                f"level (rule '{collision_rule}'), now {len(codes)} unique codes."
+                f"level (--on_collision {on_collision}), now {len(codes)} unique codes."
             )
         item_fields[MODALITIES[modality]] = {i: format_code(c) for i, c in codes.items()}
 
@@ -225,7 +210,7 @@ def atomic_files_exist(dataset, data_path):
     return os.path.isfile(os.path.join(folder, f"{dataset}.inter"))
 
 
-def ensure_atomic_files(dataset, data_path, source=None, collision_rule="suffix"):
+def ensure_atomic_files(dataset, data_path, source=None, on_collision=DEFAULT_ON_COLLISION):
     """Convert on first use when the atomic files are missing and a source folder is known.
 
     ``data_path`` is the parent folder (``dataset/``), as in RecBole's ``data_path`` key.
@@ -240,4 +225,4 @@ def ensure_atomic_files(dataset, data_path, source=None, collision_rule="suffix"
             f"{SOURCE_ENV} to the folder holding {dataset}/ (e.g. ../shared/data)."
         )
     logger.info(f"Atomic files of {dataset} missing: converting from {source_dir}")
-    return convert(dataset, source_dir, data_path, collision_rule)
+    return convert(dataset, source_dir, data_path, on_collision)

@@ -9,6 +9,9 @@ level ``L-1`` code), and so on up the levels, so no collision is left.
 
 ``add_suffix`` is the alternative (TIGER's): codes are kept and one more level numbers the items
 of a group, the keeper 0, the others 1, 2, ... by distance.
+
+The grouping (:func:`collision_groups`) and the suffix numbering (:func:`suffix_ranks`) are the ones
+the atomic conversion uses on code files too; there the numbering goes by increasing item id.
 """
 
 import math
@@ -19,12 +22,38 @@ import numpy as np
 from dataset_prep.io import PrepError, atomic_write
 
 
+# How the codes stage makes RQ-VAE codes unique (``--make_unique``): the paper's re-assignment, one more
+# level, or neither (raw codes, collisions left to the atomic conversion).
+MAKE_UNIQUE_CHOICES = ("reassign", "suffix", "none")
+DEFAULT_MAKE_UNIQUE = "reassign"
+
+
 def collision_groups(codes):
-    """{code tuple: [item rows]} for codes [n, levels] held by more than one item."""
+    """{code tuple: [items sharing it]} for the codes held by more than one item, items in input order.
+
+    ``codes`` is an array [n, levels] (the items are its rows) or a mapping {item: code sequence}.
+    """
+    pairs = codes.items() if isinstance(codes, dict) else enumerate(np.asarray(codes).tolist())
     groups = defaultdict(list)
-    for item, code in enumerate(map(tuple, codes.tolist())):
-        groups[code].append(item)
+    for item, code in pairs:
+        groups[tuple(code)].append(item)
     return {code: items for code, items in groups.items() if len(items) > 1}
+
+
+def item_order(item):
+    """Sort key of increasing item id: numeric ids by value (``"9"`` before ``"10"``), other ids after them."""
+    return (0, int(item)) if str(item).isdigit() else (1, str(item))
+
+
+def suffix_ranks(groups, order=None):
+    """The collision-breaking level: {item: k}, ``k`` numbering the items of each of ``groups``
+    ({code: [items]}) 0, 1, 2, ... in ``order(code, items)`` (default: increasing item id).
+    An item of no group is absent: its level is 0."""
+    ranks = {}
+    for code, items in groups.items():
+        for k, item in enumerate(order(code, items) if order else sorted(items, key=item_order)):
+            ranks[item] = k
+    return ranks
 
 
 def ranked_group(items, code, residuals, codebooks):
@@ -89,12 +118,24 @@ def reassign(codes, residuals, codebooks):
 
 def add_suffix(codes, residuals, codebooks):
     """codes [n, levels] -> [n, levels + 1]: the extra level numbers a group's items by distance, keeper 0."""
-    extra = np.zeros(len(codes), dtype=np.int64)
     residuals = np.asarray(residuals, dtype=np.float64)
-    for code, items in collision_groups(np.asarray(codes)).items():
-        for rank, item in enumerate(ranked_group(items, code, residuals, np.asarray(codebooks, dtype=np.float64))):
-            extra[item] = rank
+    codebooks = np.asarray(codebooks, dtype=np.float64)
+    ranks = suffix_ranks(collision_groups(codes),
+                         order=lambda code, items: ranked_group(items, code, residuals, codebooks))
+    extra = np.array([ranks.get(item, 0) for item in range(len(codes))], dtype=np.int64)
     return np.concatenate([np.asarray(codes, dtype=np.int64), extra[:, None]], axis=1)
+
+
+def make_unique(codes, residuals, codebooks, rule=DEFAULT_MAKE_UNIQUE):
+    """Codes [n, levels] made unique by ``rule`` (one of :data:`MAKE_UNIQUE_CHOICES`) ->
+    (codes [n, levels] or [n, levels + 1], {row: old code} of the items re-assigned)."""
+    if rule == "reassign":
+        return reassign(codes, residuals, codebooks)
+    if rule == "suffix":
+        return add_suffix(codes, residuals, codebooks), {}
+    if rule == "none":
+        return codes, {}
+    raise PrepError(f"Unknown --make_unique rule {rule!r}; use one of {', '.join(MAKE_UNIQUE_CHOICES)}.")
 
 
 def code_summary(codes, codebook_size):

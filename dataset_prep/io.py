@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 
@@ -28,6 +29,12 @@ def atomic_write(path, mode="w", encoding="utf-8"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_copy(source, path):
+    """Copy ``source`` to ``path`` through :func:`atomic_write`: readers see the old file or the whole new one."""
+    with open(source, "rb") as src, atomic_write(path, "wb") as f:
+        shutil.copyfileobj(src, f)
 
 
 def read_json(path, what):

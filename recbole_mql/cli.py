@@ -8,10 +8,14 @@ import sys
 import warnings
 
 import pandas as pd
+import torch.multiprocessing as mp
 
 from dataset_prep.io import PrepError
-from recbole_mql.config import UnknownConfigKeyError
-from recbole_mql.distributed import torchrun_launch
+from recbole_mql import distributed
+from recbole_mql.compare import run_comparison
+from recbole_mql.config import ConfigSources, UnknownConfigKeyError, checked_protocol
+from recbole_mql.quick_start import run_recbole_mql
+from recbole_mql.recommend import load_checkpoint, parse_overrides, top_k, user_history
 from recbole_mql.utils import UnknownModelError
 
 USAGE = """usage:
@@ -55,42 +59,34 @@ def pop_bool(flags, key):
     return str(flags.pop(key, "false")).lower() in TRUE
 
 
-def config_files(flags):
-    return [f for f in flags.pop("config_files", "").split(",") if f]
-
-
-def protocol_dict(flags, model):
-    """The config keys ``--protocol`` sets for ``model`` (empty without the flag)."""
-    from recbole_mql.compare import load_protocol, protocol_config
-
-    return protocol_config(load_protocol(flags.pop("protocol", None)), model)
+def config_sources(flags):
+    """The :class:`~recbole_mql.config.ConfigSources` of the flags left after the mode's own:
+    ``--config_files``, ``--protocol`` and every other flag as ``--key=value`` (priority: see
+    ``recbole_mql.config``)."""
+    files = [f for f in flags.pop("config_files", "").split(",") if f]
+    protocol = flags.pop("protocol", None)
+    return ConfigSources(config_file_list=files, cmd_args=flags, protocol=protocol)
 
 
 def run_single(flags):
-    files = config_files(flags)
     model = flags.pop("model", "MQL4GRec")
     dataset = flags.pop("dataset", "Instruments")
-    config_dict = protocol_dict(flags, model)
     nproc = int(flags.get("nproc", 1))
-    if nproc > 1 and torchrun_launch() is None:
+    sources = config_sources(flags)
+    if nproc > 1 and distributed.torchrun_launch() is None:
+        checked_protocol(sources.protocol)  # a bad protocol is one error here, not one per process
         # RecBole's way: one process per device on this host, rank = local_rank + offset
-        import torch.multiprocessing as mp
-
-        mp.spawn(run_rank, args=(model, dataset, files, config_dict, flags), nprocs=nproc, join=True)
+        mp.spawn(run_rank, args=(model, dataset, sources), nprocs=nproc, join=True)
         return
-    run_rank(None, model, dataset, files, config_dict, flags)
+    run_rank(None, model, dataset, sources)
 
 
-def run_rank(local_rank, model, dataset, files, config_dict, flags):
+def run_rank(local_rank, model, dataset, sources):
     """One process's run (the only one, or one rank of a distributed run); rank 0 prints the result."""
-    from recbole_mql import distributed
-    from recbole_mql.quick_start import run_recbole_mql
-
     if local_rank is not None:
-        config_dict = {**config_dict, "local_rank": local_rank}
+        sources = sources.with_config_dict({"local_rank": local_rank})
     try:
-        result = run_recbole_mql(model=model, dataset=dataset, config_file_list=files,
-                                 config_dict=config_dict, cmd_args=flags)
+        result = run_recbole_mql(model, dataset, sources=sources)
         if distributed.is_main_process():
             print("test result: " + "  ".join(f"{k}: {float(v):.4f}" for k, v in result["test_result"].items()))
     finally:
@@ -98,11 +94,9 @@ def run_rank(local_rank, model, dataset, files, config_dict, flags):
 
 
 def run_compare(flags):
-    from recbole_mql.compare import run_comparison
-
     if "model" in flags:
         raise ValueError("Give either --model=NAME (one model) or --compare=A,B,... (several), not both.")
-    launch = torchrun_launch()
+    launch = distributed.torchrun_launch()
     if (launch and launch.world_size > 1) or int(flags.get("nproc", 1)) > 1:
         raise ValueError("--compare runs in one process (each model's folder, table and plot are written once): "
                          "distribute single-model runs instead, e.g. torchrun --nproc_per_node=N "
@@ -110,16 +104,14 @@ def run_compare(flags):
     models = flags.pop("compare")
     if models == "True":
         raise ValueError("--compare needs the models, e.g. --compare=SASRec,BERT4Rec,FDSA,TIGER,MQL4GRec.")
-    files = config_files(flags)
-    run_comparison(
-        models, flags.pop("dataset", "Instruments"), config_file_list=files,
-        with_reference=pop_bool(flags, "with_reference"), results_dir=flags.pop("results_dir", "results"),
-        resume_dir=flags.pop("resume_dir", None), protocol=flags.pop("protocol", None), cmd_args=flags)
+    dataset = flags.pop("dataset", "Instruments")
+    with_reference = pop_bool(flags, "with_reference")
+    results_dir, resume_dir = flags.pop("results_dir", "results"), flags.pop("resume_dir", None)
+    run_comparison(models, dataset, results_dir=results_dir, with_reference=with_reference, resume_dir=resume_dir,
+                   sources=config_sources(flags))
 
 
 def run_recommend(flags):
-    from recbole_mql.recommend import load_checkpoint, parse_overrides, top_k, user_history
-
     flags.pop("recommend")
     missing = [key for key in ("checkpoint", "user") if not flags.get(key) or flags[key] == "True"]
     if missing:

@@ -31,10 +31,13 @@ import torch
 import yaml
 from recbole.utils import init_logger
 
-from recbole_mql.config import PROPERTIES_DIR, check_config_keys
-from recbole_mql.quick_start import ItemFeaturesMissing, build_config, check_item_features, run_recbole_mql
+from dataset_prep.io import atomic_write
 
-PROTOCOL_DIR = os.path.join(PROPERTIES_DIR, "protocol")
+from recbole_mql.config import PROPERTIES_DIR, Config, ConfigSources, checked_protocol
+from recbole_mql.data.preparation import ItemFeaturesMissing, check_item_features
+from recbole_mql.protocol import ProtocolError, protocol_config, yaml_names
+from recbole_mql.quick_start import run_recbole_mql
+
 REFERENCE_DIR = os.path.join(PROPERTIES_DIR, "reference")
 # (RecBole's result key, column name) of the metrics in the table, the plot and the reference.
 METRICS = [("hit@1", "HR@1"), ("hit@5", "HR@5"), ("hit@10", "HR@10"), ("ndcg@5", "NDCG@5"), ("ndcg@10", "NDCG@10")]
@@ -48,54 +51,6 @@ LOG_FORMAT = "%(asctime)-15s %(levelname)s  %(message)s"  # RecBole's log-file f
 
 class CompareError(ValueError):
     """A comparison that cannot start or resume (bad protocol, reference or results folder)."""
-
-
-# A model that cannot run on this dataset as configured; the message says why and the fix.
-ModelSkipped = ItemFeaturesMissing
-
-
-# ------------------------------------------------------------------------------------ protocols
-def yaml_names(folder):
-    """Names of the ``*.yaml`` files in ``folder`` (for error messages)."""
-    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if os.path.isdir(folder) else []
-
-
-def protocol_path(protocol):
-    """``cpu`` -> ``properties/protocol/cpu.yaml``; a path to a YAML file is taken as it is."""
-    if protocol.endswith((".yaml", ".yml")) or os.sep in protocol:
-        path = protocol
-    else:
-        path = os.path.join(PROTOCOL_DIR, f"{protocol}.yaml")
-    if not os.path.isfile(path):
-        known = yaml_names(PROTOCOL_DIR)
-        raise CompareError(f"Protocol '{protocol}' not found ({path}): use one of {', '.join(known) or 'none'} "
-                           f"(properties/protocol/<name>.yaml) or a path to a protocol YAML file.")
-    return path
-
-
-def load_protocol(protocol):
-    """The protocol's YAML as ``{"path", "common": {...}, "models": {Model: {...}}}``; ``None`` -> empty."""
-    if not protocol:
-        return {"path": None, "common": {}, "models": {}}
-    path = protocol_path(protocol)
-    with open(path, encoding="utf-8") as f:
-        content = yaml.safe_load(f) or {}
-    models = (content.pop("models", None) or {}) if isinstance(content, dict) else None
-    if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
-        raise CompareError(f"{path}: a protocol is a mapping of config keys plus an optional "
-                           f"'models: {{Model: {{key: value}}}}' mapping; see properties/protocol/cpu.yaml.")
-    for section in [content, *models.values()]:
-        try:
-            check_config_keys(section)
-        except KeyError as e:
-            raise CompareError(f"{path}: {e}") from None
-    return {"path": path, "common": content, "models": models}
-
-
-def protocol_config(protocol, model):
-    """The config keys ``protocol`` (from :func:`load_protocol`) sets for ``model``: its common keys,
-    then the model's own section over them."""
-    return {**protocol["common"], **protocol["models"].get(model, {})}
 
 
 # ------------------------------------------------------------------------------ results folder
@@ -142,14 +97,8 @@ def checked_manifest(run_dir, manifest):
 
 def write_text(path, text):
     """Write ``text`` to ``path`` atomically: a reader (or a resumed run) sees the old file or the new one."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def write_json(path, content):
@@ -236,19 +185,19 @@ def unfinished_row(model, status, error):
     return row
 
 
-def run_model(model, dataset, run_dir, config_file_list, config_dict, cmd_args):
+def run_model(model, dataset, run_dir, sources):
     """Train and test one model; returns its row. Exceptions become a ``failed`` row (the traceback goes
     to ``<model>.log`` and the row's JSON); KeyboardInterrupt stops the comparison, to be resumed."""
     log_path = os.path.join(run_dir, f"{model}.log")
     config = None
     try:
-        config = build_config(model, dataset, config_file_list, config_dict, cmd_args)
+        config = Config.from_sources(model, dataset, sources)
         with model_log(config, log_path):
             try:
                 write_config(config, os.path.join(run_dir, f"{model}.config.yaml"))
                 check_item_features(config)
-                return result_row(model, run_recbole_mql(model, dataset, config_file_list, config_dict, cmd_args))
-            except ModelSkipped as e:
+                return result_row(model, run_recbole_mql(model, dataset, sources=sources))
+            except ItemFeaturesMissing as e:  # cannot run on this dataset as configured; the message says the fix
                 logging.getLogger().warning(f"{model} skipped: {e}")
                 return unfinished_row(model, "skipped", e)
             except Exception:
@@ -398,21 +347,24 @@ def model_names(models):
     return names
 
 
-def model_config_dict(protocol, model, config_dict, cmd_args, run_dir):
-    """Protocol keys for ``model`` under the caller's ``config_dict``; checkpoints go into the results
-    folder unless ``checkpoint_dir`` is set, so that ``--recommend`` finds them beside the table."""
-    merged = {**protocol_config(protocol, model), **(config_dict or {})}
-    if "checkpoint_dir" not in merged and "checkpoint_dir" not in (cmd_args or {}):
-        merged["checkpoint_dir"] = os.path.join(run_dir, "checkpoints")
-    return merged
+def model_sources(sources, protocol, model, dataset, run_dir):
+    """``sources`` for ``model``: checkpoints go into the results folder unless ``checkpoint_dir`` is
+    set, so that ``--recommend`` finds them beside the table; an interrupted run resumes."""
+    given = {**protocol_config(protocol, model), **sources.config_dict}
+    extra = {}
+    if "checkpoint_dir" not in given and "checkpoint_dir" not in sources.cmd_args:
+        extra["checkpoint_dir"] = os.path.join(run_dir, "checkpoints")
+    extra.update(interrupted_state(model, dataset, {**given, **extra}, sources.cmd_args))
+    return sources.with_config_dict(extra)
 
 
 def interrupted_state(model, dataset, model_dict, cmd_args):
     """``{"resume": path}`` when an interrupted run of ``model`` left its last training state in the
     comparison's checkpoint folder (the generative trainers write one every epoch), else ``{}``."""
-    if "resume" in (cmd_args or {}) or model_dict.get("resume"):
+    if "resume" in cmd_args or model_dict.get("resume"):
         return {}
-    path = os.path.join(model_dict["checkpoint_dir"], f"{model}-{dataset}-last.pth")
+    folder = cmd_args.get("checkpoint_dir") or model_dict["checkpoint_dir"]
+    path = os.path.join(folder, f"{model}-{dataset}-last.pth")
     if not os.path.isfile(path):
         return {}
     print(f"[compare] {model}: resuming the interrupted run from {path}")
@@ -426,22 +378,28 @@ def summary(row):
     return f"{row['status']}: {row['error']}"
 
 
-def run_comparison(models, dataset, config_file_list=None, config_dict=None, cmd_args=None, results_dir="results",
-                   with_reference=False, resume_dir=None, protocol=None):
+def run_comparison(models, dataset, config_file_list=None, config_dict=None, results_dir="results",
+                   with_reference=False, resume_dir=None, protocol=None, sources=None):
     """Train and test each of ``models`` on ``dataset`` in turn; write and print the table.
 
-    Every model gets the same ``config_file_list`` / ``config_dict`` / ``cmd_args`` (hence the same seed
-    and split), under the keys ``protocol`` (``"cpu"``, ``"paper"`` or a YAML path) sets for it.
+    Every model gets the same config sources (hence the same seed and split): ``sources`` (a
+    :class:`~recbole_mql.config.ConfigSources`, as the CLI passes it) or ``config_file_list``,
+    ``config_dict`` and ``protocol`` (``"cpu"``, ``"paper"`` or a YAML path), which sets each model's keys.
     Returns ``{"run_dir", "rows", "reference_rows", "report"}``; rows follow the order of ``models``.
     """
     models = model_names(models)
-    protocol_spec = load_protocol(protocol)
+    sources = ConfigSources.given(sources, config_file_list=config_file_list, config_dict=config_dict,
+                                  protocol=protocol)
+    try:
+        protocol_spec = checked_protocol(sources.protocol)
+    except ProtocolError as e:
+        raise CompareError(str(e)) from None
     reference = load_reference(dataset) if with_reference else None  # fail before hours of training
     run_dir = open_run_dir(results_dir, dataset, resume_dir)
     settings = plain({"protocol": {k: protocol_spec[k] for k in ("common", "models")},
-                      "config_files": list(config_file_list or []),
-                      "config_dict": config_dict or {}, "cmd_args": cmd_args or {}})
-    manifest = {"dataset": dataset, "models": models, "protocol": protocol, "settings": settings}
+                      "config_files": list(sources.config_file_list),
+                      "config_dict": sources.config_dict, "cmd_args": sources.cmd_args})
+    manifest = {"dataset": dataset, "models": models, "protocol": sources.protocol, "settings": settings}
     write_json(os.path.join(run_dir, MANIFEST), checked_manifest(run_dir, manifest))
     rows = []
     for i, model in enumerate(models, 1):
@@ -450,9 +408,7 @@ def run_comparison(models, dataset, config_file_list=None, config_dict=None, cmd
             print(f"[compare] {i}/{len(models)} {model}: finished earlier in {run_dir}, not run again")
         else:
             print(f"[compare] {i}/{len(models)} {model} on {dataset}: running")
-            model_dict = model_config_dict(protocol_spec, model, config_dict, cmd_args, run_dir)
-            model_dict.update(interrupted_state(model, dataset, model_dict, cmd_args))
-            row = run_model(model, dataset, run_dir, config_file_list, model_dict, cmd_args)
+            row = run_model(model, dataset, run_dir, model_sources(sources, protocol_spec, model, dataset, run_dir))
             write_json(result_file(run_dir, model), row)
         print(f"[compare] {model}: {summary(row)}")
         rows.append(row)

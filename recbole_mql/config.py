@@ -1,19 +1,31 @@
 """Config: RecBole's configurator with the plugin's property files layered on top.
 
-Priority, lowest first: RecBole's own properties < ``properties/overall.yaml`` <
-``properties/model/<Model>.yaml`` < ``properties/dataset/<Dataset>.yaml`` < ``config_file_list``
-< ``config_dict`` < command-line ``--key=value`` (passed explicitly as ``cmd_args``; unlike
-RecBole, ``sys.argv`` is never read behind the caller's back).
+Where a key's value comes from, lowest priority first (stated here once; other descriptions
+refer here):
+
+1. RecBole's own property files;
+2. ``properties/overall.yaml`` < ``properties/model/<Model>.yaml`` < ``properties/dataset/<Dataset>.yaml``;
+3. ``config_file_list`` (``--config_files=a.yaml,b.yaml``);
+4. the protocol's keys for the model (``--protocol=NAME``, see :mod:`recbole_mql.protocol`);
+5. ``config_dict`` (Python callers);
+6. ``cmd_args``: the command line's ``--key=value``, passed explicitly (unlike RecBole, ``sys.argv``
+   is never read behind the caller's back).
+
+Items 3-6 are a run's :class:`ConfigSources`.
 """
 
 import difflib
 import glob
 import os
+from dataclasses import dataclass, field, replace
 
+import recbole
 import yaml
 from recbole.config import Config as RecBoleConfig
+from recbole.utils import argument_list
 
 from recbole_mql.distributed import init_process_group, process_device, recbole_launch, torchrun_launch
+from recbole_mql.protocol import ProtocolError, load_protocol, protocol_config
 from recbole_mql.utils import get_model
 
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
@@ -48,9 +60,6 @@ def plugin_property_files(model, dataset):
 
 def known_config_keys():
     """Every key defined by RecBole's or the plugin's property files and argument lists."""
-    import recbole
-    from recbole.utils import argument_list
-
     keys = set(HARNESS_KEYS)
     for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
         keys.update(getattr(argument_list, name))
@@ -81,16 +90,79 @@ def check_config_keys(given):
         )
 
 
-class Config(RecBoleConfig):
-    """RecBole ``Config`` that finds plugin models and loads ``properties/`` of this project."""
+def checked_protocol(protocol):
+    """:func:`~recbole_mql.protocol.load_protocol` with every key checked against the property files
+    (:class:`~recbole_mql.protocol.ProtocolError` naming the file and the close matches)."""
+    loaded = load_protocol(protocol)
+    for section in [loaded["common"], *loaded["models"].values()]:
+        try:
+            check_config_keys(section)
+        except UnknownConfigKeyError as e:
+            raise ProtocolError(f"{loaded['path']}: {e}") from None
+    return loaded
 
-    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None):
-        self._cmd_args = dict(cmd_args or {})
-        check_config_keys(self._cmd_args)
-        super().__init__(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+
+@dataclass(frozen=True)
+class ConfigSources:
+    """A run's config sources besides the property files: items 3-6 of the priority order above.
+    ``protocol`` is a protocol's name or path (None: no protocol)."""
+
+    config_file_list: list = field(default_factory=list)
+    config_dict: dict = field(default_factory=dict)
+    cmd_args: dict = field(default_factory=dict)
+    protocol: str = None
+
+    @classmethod
+    def given(cls, sources=None, **loose):
+        """``sources``, or sources made of RecBole-style keyword arguments (``config_file_list=...,
+        config_dict=...``) for Python callers; giving both is an error."""
+        loose = {key: value for key, value in loose.items() if value}
+        if sources is None:
+            return cls(**loose)
+        if loose:
+            raise ValueError(f"Give either sources or {', '.join(loose)}, not both.")
+        return sources
+
+    def with_config_dict(self, keys):
+        """These sources with ``keys`` over their ``config_dict``."""
+        return replace(self, config_dict={**self.config_dict, **keys})
+
+
+class Config(RecBoleConfig):
+    """RecBole ``Config`` that finds plugin models, loads ``properties/`` of this project and applies
+    a protocol; ``self.sources`` keeps the :class:`ConfigSources` it was built from."""
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, cmd_args=None,
+                 protocol=None):
+        self.sources = ConfigSources(list(config_file_list or []), dict(config_dict or {}), dict(cmd_args or {}),
+                                     protocol)
+        check_config_keys(self.sources.cmd_args)
+        self._model_arg = model
+        super().__init__(model=model, dataset=dataset, config_file_list=self.sources.config_file_list,
+                         config_dict=dict(self.sources.config_dict))
+
+    @classmethod
+    def from_sources(cls, model, dataset, sources):
+        return cls(model, dataset, sources.config_file_list, sources.config_dict, sources.cmd_args, sources.protocol)
 
     def _load_cmd_line(self):
-        return self._convert_config_dict(dict(self._cmd_args))
+        return self._convert_config_dict(dict(self.sources.cmd_args))
+
+    def _merge_external_config_dict(self):
+        # RecBole's files < config_dict < command line, with the protocol's slot after the files
+        self.protocol_config_dict = self._load_protocol_config_dict()
+        self.external_config_dict = {**self.file_config_dict, **self.protocol_config_dict,
+                                     **self.variable_config_dict, **self.cmd_config_dict}
+
+    def _load_protocol_config_dict(self):
+        """The protocol's keys for this config's model, converted as ``config_dict``'s values are."""
+        if not self.sources.protocol:
+            return {}
+        model = self._model_arg
+        if model is None:
+            model = {**self.file_config_dict, **self.variable_config_dict, **self.cmd_config_dict}.get("model")
+        name = model if model is None or isinstance(model, str) else model.__name__
+        return self._convert_config_dict(protocol_config(checked_protocol(self.sources.protocol), name))
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:

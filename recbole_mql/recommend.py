@@ -20,7 +20,7 @@ from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from recbole_mql.compat import load_own_checkpoint
-from recbole_mql.quick_start import load_data, prepare_atomic_files
+from recbole_mql.data.preparation import load_data, prepare_atomic_files
 from recbole_mql.utils import get_model
 
 # Item fields shown beside an item, where the dataset's .item file has them: (field, joiner of its tokens).

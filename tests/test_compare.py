@@ -10,7 +10,8 @@ import pytest
 from dataset_prep.atomic import convert
 from recbole_mql import compare
 from recbole_mql.cli import main as cli_main
-from recbole_mql.compare import CompareError, load_protocol, protocol_config, run_comparison
+from recbole_mql.compare import CompareError, run_comparison
+from recbole_mql.protocol import load_protocol, protocol_config
 from recbole_mql.quick_start import run_recbole_mql
 from recbole_mql.recommend import UnknownUserError, load_checkpoint, recommend, top_k, user_history
 from tests.conftest import SMALL_T5, quiet_config, subset_source

@@ -6,8 +6,9 @@ import sys
 import pytest
 
 from recbole_mql.cli import main as cli_main
-from recbole_mql.config import UnknownConfigKeyError
-from recbole_mql.quick_start import build_config, run_recbole_mql
+from recbole_mql.compat import import_recbole_module
+from recbole_mql.config import Config, UnknownConfigKeyError
+from recbole_mql.quick_start import run_recbole_mql
 from recbole_mql.utils import UnknownModelError, get_model
 from tests.conftest import REPO, quiet_config
 
@@ -18,14 +19,21 @@ def test_unknown_model_is_one_clear_error():
 
 
 def test_recbole_models_are_found():
-    from recbole.model.sequential_recommender import BERT4Rec, SASRec
+    package = import_recbole_module("recbole.model.sequential_recommender")
+    assert get_model("SASRec") is package.SASRec and get_model("BERT4Rec") is package.BERT4Rec
 
-    assert get_model("SASRec") is SASRec and get_model("BERT4Rec") is BERT4Rec
+
+def test_recbole_models_leave_autograd_anomaly_mode_off():
+    """RecBole's sine.py switches anomaly mode on at import (every backward pass ~2x slower after)."""
+    code = ("import torch; from recbole_mql.utils import get_model; "
+            "[get_model(m) for m in ('SASRec', 'BERT4Rec', 'SINE')]; print(torch.is_anomaly_enabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_properties_layering(instruments_atomic):
-    config = build_config("SASRec", "Instruments", config_dict=quiet_config(data_path=instruments_atomic),
-                          cmd_args={"topk": "[1,5,10,20]"})
+    config = Config("SASRec", "Instruments", config_dict=quiet_config(data_path=instruments_atomic),
+                    cmd_args={"topk": "[1,5,10,20]"})
     assert config["valid_metric"] == "NDCG@10"  # properties/overall.yaml over RecBole's MRR@10
     assert config["eval_args"]["split"] == {"LS": "valid_and_test"}
     assert config["topk"] == [1, 5, 10, 20]  # command line over files
@@ -34,7 +42,7 @@ def test_properties_layering(instruments_atomic):
 
 def test_unknown_config_key_names_close_match():
     with pytest.raises(UnknownConfigKeyError, match="'learning_rat'.*learning_rate"):
-        build_config("SASRec", "Instruments", cmd_args={"learning_rat": "0.1"})
+        Config("SASRec", "Instruments", cmd_args={"learning_rat": "0.1"})
 
 
 def test_cli_errors_are_one_line(capsys):

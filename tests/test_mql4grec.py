@@ -7,9 +7,11 @@ import torch
 from recbole.utils import init_seed
 
 from dataset_prep.atomic import convert
+from recbole_mql.data.item_codes import CodeError
 from recbole_mql.model.ensemble import ensemble_rank
-from recbole_mql.data.quantitative_language import EOS_ID, CodeError
-from recbole_mql.quick_start import build_config, load_data
+from recbole_mql.model.tokenizer import EOS_ID
+from recbole_mql.config import Config
+from recbole_mql.data.preparation import load_data
 from recbole_mql.utils import get_model, get_trainer
 from tests.conftest import SMALL_T5, quiet_config, subset_source
 
@@ -23,7 +25,7 @@ def data_path(tmp_path_factory):
 
 
 def setup(model, dataset, data_path, tmp_path, **extra):
-    config = build_config(model, dataset, config_dict=quiet_config(
+    config = Config(model, dataset, config_dict=quiet_config(
         data_path=data_path, checkpoint_dir=str(tmp_path / "saved"), **{**SMALL_T5, **extra}))
     init_seed(config["seed"], config["reproducibility"])
     _, train, valid, test = load_data(config)
@@ -126,7 +128,7 @@ def test_training_lowers_loss_and_beats_popularity(data_path, tmp_path):
     losses = list(trainer.train_loss_dict.values())
     assert losses[-1] < 0.75 * losses[0]
     ours = trainer.evaluate(test, load_best_model=True)
-    pop_config = build_config("Pop", "Instruments", config_dict=quiet_config(
+    pop_config = Config("Pop", "Instruments", config_dict=quiet_config(
         data_path=config["data_path"].rsplit("/", 1)[0], checkpoint_dir=str(tmp_path / "pop")))
     _, pop_train, pop_valid, pop_test = load_data(pop_config)
     pop = get_model("Pop")(pop_config, pop_train._dataset)
@@ -171,7 +173,8 @@ def test_pretrain_then_finetune(data_path, tmp_path):
 
     common = quiet_config(data_path=data_path, checkpoint_dir=str(tmp_path / "saved"), pretrain_epochs=1,
                           valid_users=20, epochs=1, train_batch_size=256, **SMALL_T5)
-    path = run_pretraining("MQL4GRec", config_dict={**common, "pretrain_datasets": ["Scientific", "Instruments"]})
+    path = run_pretraining(Config("MQL4GRec", "Instruments",
+                                  config_dict={**common, "pretrain_datasets": ["Scientific", "Instruments"]}))
     pretrained = load_own_checkpoint(path)
     assert pretrained["epoch"] == 0 and pretrained["language"] == {"max_levels": 5, "codebook_size": 256}
     assert all(k.startswith("t5.") for k in pretrained["state_dict"])  # weights only, no code tables

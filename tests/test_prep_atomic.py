@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from dataset_prep.__main__ import main as prep_main
+from dataset_prep.cli import main as prep_main
 from dataset_prep.atomic import convert, ensure_atomic_files
 from dataset_prep.io import PrepError
 from tests.conftest import source_dir
@@ -84,7 +84,7 @@ def test_collisions_error_rule_and_suffix_rule(tmp_path):
     codes = {"1": ["<a_1>", "<b_1>"], "2": ["<a_1>", "<b_1>"], "3": ["<a_2>", "<b_0>"]}
     src = make_source(tmp_path, {"0": [1, 2, 3]}, codes)
     with pytest.raises(PrepError, match="2 items share 1 codes"):
-        convert("Toy", src, str(tmp_path / "out"), collision_rule="error")
+        convert("Toy", src, str(tmp_path / "out"), on_collision="error")
     summary = convert("Toy", src, str(tmp_path / "out"))
     assert summary["text_colliding_items"] == 2
     _, items = read_atomic(tmp_path / "out" / "Toy" / "Toy.item")

@@ -114,7 +114,7 @@ def test_image_features_with_a_local_tiny_clip(tmp_path):
 
 
 def test_image_stage_through_the_cli(tmp_path):
-    from dataset_prep.pipeline import main
+    from dataset_prep.cli import stage_main as main
 
     tiny_clip_folder(str(tmp_path / "tiny-clip"))
     draw_images(str(tmp_path / "images"), ["B0001", "B0002"])

@@ -8,7 +8,7 @@ import pytest
 
 from dataset_prep import raw_amazon
 from dataset_prep.io import PrepError
-from dataset_prep.pipeline import main
+from dataset_prep.cli import stage_main as main
 
 CORE_USERS, CORE_ITEMS = "ABCDE", ["I1", "I2", "I3", "I4", "I5"]
 

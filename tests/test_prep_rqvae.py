@@ -10,7 +10,7 @@ import torch
 
 from dataset_prep import collisions, rqvae, text_features
 from dataset_prep.io import PrepError
-from dataset_prep.pipeline import main
+from dataset_prep.cli import stage_main as main
 from tests.conftest import source_dir
 
 N_ITEMS = 256

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from recbole_mql.quick_start import build_config, load_data
+from recbole_mql.config import Config
+from recbole_mql.data.preparation import load_data
 from tests.conftest import quiet_config, source_dir
 
 
@@ -33,7 +34,7 @@ def harness_rows(data, loader):
 
 @pytest.fixture(scope="module")
 def split(instruments_atomic, tmp_path_factory):
-    config = build_config("SASRec", "Instruments", config_dict=quiet_config(
+    config = Config("SASRec", "Instruments", config_dict=quiet_config(
         data_path=instruments_atomic, checkpoint_dir=str(tmp_path_factory.mktemp("saved"))))
     return load_data(config)
 

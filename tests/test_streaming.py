@@ -10,7 +10,8 @@ import torch
 from dataset_prep.atomic import convert
 from recbole_mql.data.sequence_store import SequenceStore, compact_dataset
 from recbole_mql.data.task_samples import LazyTaskBatch, StreamingTaskSamples, TaskBatch, TaskSamples
-from recbole_mql.quick_start import build_config, load_data
+from recbole_mql.config import Config
+from recbole_mql.data.preparation import load_data
 from recbole_mql.utils import create_dataset, get_model
 from tests.conftest import SMALL_T5, quiet_config, subset_source
 
@@ -37,7 +38,7 @@ def data(request, tmp_path_factory):
     if request.param == "short":
         cut_sequences(source, "Instruments", [1, 2, 3, 4, 5, 6, 60])
     convert("Instruments", source, str(root / "data"))
-    config = build_config("MQL4GRec", "Instruments", config_dict=quiet_config(
+    config = Config("MQL4GRec", "Instruments", config_dict=quiet_config(
         data_path=str(root / "data"), checkpoint_dir=str(root / "saved"), **SMALL_T5))
     _, train, valid, _ = load_data(config)
     dataset = create_dataset(config)

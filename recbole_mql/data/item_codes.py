@@ -2,9 +2,21 @@
 
 import torch
 
-from recbole_mql.data.quantitative_language import CodeError
-
 CODE_FIELDS = {"text": "text_code", "image": "image_code"}
+
+
+class CodeError(ValueError):
+    """An item code that does not fit the quantitative language."""
+
+
+def real_items(item_num):
+    """LongTensor [item_num - 1]: RecBole's ids of the real items, in order.
+
+    RecBole's item id 0 pads histories and has no code. This is the one place that offset is
+    written: a code table (and a prefix trie) has one row per real item, row ``r`` being item
+    ``real_items(item_num)[r]``.
+    """
+    return torch.arange(1, item_num)
 
 
 def available_modalities(dataset):
@@ -12,7 +24,8 @@ def available_modalities(dataset):
 
 
 def item_code_table(dataset, modality, language):
-    """Code indices of every item: LongTensor [n_items, levels]; row 0 (RecBole's padding item) is -1.
+    """Code indices of every real item: LongTensor [item_num - 1, levels], one row per
+    ``real_items(dataset.item_num)``, parsed by ``language`` (a ``QuantitativeLanguage``).
 
     RecBole remaps ``token_seq`` values to its own ids, so the code strings are read back through
     ``field2id_token`` before being parsed into the quantitative language.
@@ -26,8 +39,8 @@ def item_code_table(dataset, modality, language):
     feat = dataset.item_feat[field].numpy()
     id2token = dataset.field2id_token[field]
     item_tokens = dataset.field2id_token[dataset.iid_field]
-    rows = [None]
-    for item in range(1, dataset.item_num):
+    rows = []
+    for item in real_items(dataset.item_num).tolist():
         tokens = [id2token[t] for t in feat[item] if t != 0]
         if not tokens:
             raise CodeError(
@@ -35,12 +48,10 @@ def item_code_table(dataset, modality, language):
                 f"{dataset.dataset_name}.item: regenerate the codes for every item (python -m dataset_prep)."
             )
         rows.append(language.parse(modality, tokens, item=item_tokens[item]))
-    levels = {len(r) for r in rows[1:]}
+    levels = {len(r) for r in rows}
     if len(levels) != 1:
         raise CodeError(
             f"{dataset.dataset_name}.item: {modality} codes have different lengths {sorted(levels)}; "
             f"every item of a modality needs the same number of levels."
         )
-    table = torch.full((dataset.item_num, levels.pop()), -1, dtype=torch.long)
-    table[1:] = torch.tensor(rows[1:], dtype=torch.long)
-    return table
+    return torch.tensor(rows, dtype=torch.long)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from recbole_mql.model.mql4grec import ITEM_TASKS
+from recbole_mql.data.item_codes import real_items
+from recbole_mql.data.tasks import TASKS
 
 
 @dataclass
@@ -40,7 +41,7 @@ class TaskSamples:
         self.history = feat[list_field]
         self.lengths = feat[dataset.config["ITEM_LIST_LENGTH_FIELD"]]
         self.target = feat[dataset.iid_field]
-        self.items = torch.arange(1, dataset.item_num)
+        self.items = real_items(dataset.item_num)
         self.tasks = list(tasks)
         self.max_his_len = max_his_len
         self.bucket_chunk = bucket_chunk
@@ -61,7 +62,7 @@ class TaskSamples:
         return plan_epoch(self, epoch, batch_size, seed, sequence_batches)
 
     def num_samples(self):
-        return sum(len(self.items) if t in ITEM_TASKS else len(self.target) for t in self.tasks)
+        return sum(len(self.items) if TASKS[t].item_task else len(self.target) for t in self.tasks)
 
 
 class LazyTaskBatch:
@@ -99,7 +100,7 @@ class StreamingTaskSamples:
             raise ValueError(f"split must be 'train' or 'valid', not {split!r}")
         self.store = store
         self.positions = store.train_index if split == "train" else store.valid_index
-        self.items = torch.arange(1, store.item_num)
+        self.items = real_items(store.item_num)
         self.tasks = list(tasks)
         self.max_his_len = max_his_len
         self.bucket_chunk = bucket_chunk
@@ -118,7 +119,7 @@ class StreamingTaskSamples:
         return plan_epoch(self, epoch, batch_size, seed, sequence_batches)
 
     def num_samples(self):
-        return sum(len(self.items) if t in ITEM_TASKS else len(self.positions) for t in self.tasks)
+        return sum(len(self.items) if TASKS[t].item_task else len(self.positions) for t in self.tasks)
 
 
 def plan_epoch(samples, epoch, batch_size, seed, sequence_batches):
@@ -127,7 +128,7 @@ def plan_epoch(samples, epoch, batch_size, seed, sequence_batches):
     gen = torch.Generator().manual_seed(seed * 100003 + epoch)
     batches = []
     for task in samples.tasks:
-        if task in ITEM_TASKS:
+        if TASKS[task].item_task:
             order = samples.items[torch.randperm(len(samples.items), generator=gen)]
             batches += [TaskBatch(task, chunk, source=samples.source) for chunk in order.split(batch_size)]
         else:

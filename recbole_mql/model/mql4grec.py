@@ -13,34 +13,15 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 
-from recbole_mql.data.item_codes import available_modalities, item_code_table
+from recbole_mql.data.item_codes import CodeError, available_modalities
+from recbole_mql.data.tasks import TASKS
 from recbole_mql.model.beam_search import ConstrainedBeamSearch
 from recbole_mql.model.ensemble import ensemble_rank
-from recbole_mql.model.prefix_trie import PrefixTrie
-from recbole_mql.data.quantitative_language import EOS_ID, PAD_ID, CodeError, QuantitativeLanguage
+from recbole_mql.model.tokenizer import EOS_ID, PAD_ID, ItemTokenizer, QuantitativeLanguage
 
 logger = logging.getLogger(__name__)
 
-# task -> (input modality, output modality, prefix task token or None); fusionseqrec draws one of
-# its two directions per sample with p = 0.5.
-TASKS = {
-    "seqrec": ("text", "text", None),
-    "seqimage": ("image", "image", None),
-    "fusionseqrec_t2i": ("text", "image", "fusionseqrec_t2i"),
-    "fusionseqrec_i2t": ("image", "text", "fusionseqrec_i2t"),
-    "item2image": ("text", "image", "item2image"),
-    "image2item": ("image", "text", "image2item"),
-}
-SEQUENCE_TASKS = ("seqrec", "seqimage", "fusionseqrec")
-ITEM_TASKS = ("item2image", "image2item")
-IGNORE = -100
-
-
-def task_modalities(task):
-    if task == "fusionseqrec":
-        return {"text", "image"}
-    src, tgt, _ = TASKS[task]
-    return {src, tgt}
+IGNORE = -100  # label of a padded target position: no loss
 
 
 def build_backbone(config, vocab_size):
@@ -73,11 +54,10 @@ class MQL4GRec(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.language = QuantitativeLanguage(config["code_max_levels"], config["codebook_size"])
         self.tasks = self._usable_tasks(config, dataset)
         self.eval_modality = config["eval_modality"]
         eval_modalities = ["text", "image"] if self.eval_modality == "ensemble" else [self.eval_modality]
-        self.modalities = sorted(set(eval_modalities).union(*(task_modalities(t) for t in self.tasks)))
+        self.modalities = sorted(set(eval_modalities).union(*(TASKS[t].modalities for t in self.tasks)))
         self._check_modalities(dataset, self.modalities, "eval_modality/tasks")
         self.eval_modalities = eval_modalities
         self.max_his_len = config["max_his_len"]
@@ -88,19 +68,18 @@ class MQL4GRec(SequentialRecommender):
                 f"beam_size={self.beam_size} < max(topk)={max_topk}: RecBole would fill the top-{max_topk} with "
                 f"arbitrary items and inflate the metrics; set beam_size >= {max_topk}."
             )
-        self.t5 = build_backbone(config, len(self.language))
-        self.tries, self.level_ids = {}, {}
-        for modality in self.modalities:
-            codes = item_code_table(dataset, modality, self.language)  # [n_items, L], row 0 = -1
-            levels = codes.shape[1]
-            level_ids = self.language.level_token_ids(modality, levels)  # [L, codebook]
-            tokens = torch.full_like(codes, PAD_ID)
-            tokens[1:] = level_ids.gather(1, codes[1:].t()).t()
-            # Non-persistent: the code tables belong to the dataset, not to the weights, so a
-            # checkpoint pre-trained on other domains loads into this model.
-            self.register_buffer(f"tokens_{modality}", tokens, persistent=False)
-            self.tries[modality] = PrefixTrie(codes[1:])
-            self.level_ids[modality] = level_ids
+        language = QuantitativeLanguage(config["code_max_levels"], config["codebook_size"])
+        self.t5 = build_backbone(config, len(language))
+        self.tokenizer = ItemTokenizer(language, dataset, self.modalities, self.max_his_len)
+
+    @property
+    def language(self):
+        """The quantitative language (its ``state()`` is what a checkpoint records)."""
+        return self.tokenizer.language
+
+    # Each modality's code-token table [item_num, L] (the tokenizer's), read off the model by the tests.
+    tokens_text = property(lambda self: self.tokenizer.tokens_text)
+    tokens_image = property(lambda self: self.tokenizer.tokens_image)
 
     # ----------------------------------------------------------------------------------- setup
     @staticmethod
@@ -115,15 +94,15 @@ class MQL4GRec(SequentialRecommender):
 
     def _usable_tasks(self, config, dataset):
         tasks = list(config["tasks"])
-        unknown = [t for t in tasks if t not in SEQUENCE_TASKS + ITEM_TASKS]
+        unknown = [t for t in tasks if t not in TASKS]
         if unknown:
-            raise ValueError(f"Unknown task(s) {unknown}; choose from {list(SEQUENCE_TASKS + ITEM_TASKS)}.")
+            raise ValueError(f"Unknown task(s) {unknown}; choose from {list(TASKS)}.")
         have = set(available_modalities(dataset))
-        usable = [t for t in tasks if task_modalities(t) <= have]
+        usable = [t for t in tasks if TASKS[t].modalities <= have]
         if usable != tasks:
             skipped = [t for t in tasks if t not in usable]
             if not config["skip_unavailable_tasks"]:
-                self._check_modalities(dataset, set().union(*(task_modalities(t) for t in skipped)), f"tasks {skipped}")
+                self._check_modalities(dataset, set().union(*(TASKS[t].modalities for t in skipped)), f"tasks {skipped}")
             logger.warning(f"{dataset.dataset_name} lacks the codes of tasks {skipped}: skipped.")
         if not usable:
             raise CodeError(f"No task of {tasks} can run on {dataset.dataset_name}: it has no code fields.")
@@ -131,53 +110,31 @@ class MQL4GRec(SequentialRecommender):
 
     # ------------------------------------------------------------------------------ encoding
     def encode_history(self, history, lengths, modality, task=None):
-        """Write histories as code tokens: ``[prefix] codes of the last max_his_len items </s>``.
-
-        Args:
-            history: LongTensor [batch, max_len] item ids, left-aligned, 0-padded (RecBole's item_id_list).
-            lengths: LongTensor [batch] number of real items.
-        Returns:
-            input_ids, attention_mask: [batch, width], width = longest row in the batch.
-        """
-        tokens = getattr(self, f"tokens_{modality}")
-        batch, levels = history.shape[0], tokens.shape[1]
-        keep = lengths.clamp(max=self.max_his_len)
-        pos = torch.arange(self.max_his_len, device=history.device)
-        index = ((lengths - keep).unsqueeze(1) + pos).clamp(max=history.shape[1] - 1)
-        items = history.gather(1, index) * (pos < keep.unsqueeze(1))
-        codes = tokens[items].view(batch, -1)  # padding item -> PAD tokens
-        offset = 0 if task is None else 1
-        width = offset + int(keep.max()) * levels + 1
-        input_ids = torch.full((batch, width), PAD_ID, dtype=torch.long, device=history.device)
-        if task is not None:
-            input_ids[:, 0] = self.language.task_token_id(task)
-        body = min(codes.shape[1], width - offset)
-        input_ids[:, offset:offset + body] = codes[:, :body]
-        ends = offset + keep * levels
-        input_ids[torch.arange(batch, device=history.device), ends] = EOS_ID
-        attention_mask = torch.arange(width, device=history.device).unsqueeze(0) <= ends.unsqueeze(1)
-        return input_ids, attention_mask.long()
-
-    def target_tokens(self, items, modality):
-        """LongTensor [batch, levels]: the code tokens an item is generated as."""
-        return getattr(self, f"tokens_{modality}")[items]
+        """``[prefix] codes of the last max_his_len items </s>``: see :meth:`ItemTokenizer.encode_history`."""
+        return self.tokenizer.encode_history(history, lengths, modality, task)
 
     # ------------------------------------------------------------------------------ training
     def task_inputs(self, task, history, lengths, target):
-        """(input_ids, attention_mask, labels) of one task for a batch of (history, next item).
+        """(input_ids, attention_mask, labels) of task ``task`` (a name in ``TASKS``) for a batch of
+        (history, next item); what the generative trainer trains on.
 
         Item tasks read only ``target``: its code in one modality -> its code in the other.
         """
-        if task in ITEM_TASKS:
+        task = TASKS[task]
+        if task.item_task:
             history, lengths = target.unsqueeze(1), torch.ones_like(target)
-        if task == "fusionseqrec":
+        if task.directions:
             coin = torch.rand(target.shape[0], device=target.device) < 0.5
-            parts = [self.task_inputs(t, history[m], lengths[m], target[m])
-                     for t, m in (("fusionseqrec_t2i", coin), ("fusionseqrec_i2t", ~coin)) if m.any()]
+            first, second = task.directions
+            parts = [self._direction_inputs(d, history[m], lengths[m], target[m])
+                     for d, m in ((first, coin), (second, ~coin)) if m.any()]
             return merge_padded(parts)
-        src, tgt, prefix = TASKS[task]
-        input_ids, attention_mask = self.encode_history(history, lengths, src, prefix)
-        return input_ids, attention_mask, self.target_tokens(target, tgt)
+        return self._direction_inputs(task, history, lengths, target)
+
+    def _direction_inputs(self, task, history, lengths, target):
+        input_ids, attention_mask = self.tokenizer.encode_history(
+            history, lengths, task.source, task.name if task.prefix else None)
+        return input_ids, attention_mask, self.tokenizer.item_tokens(target, task.target)
 
     def forward(self, input_ids, attention_mask, labels):
         """Summed token loss of a tokenised batch (what DistributedDataParallel wraps)."""
@@ -193,14 +150,12 @@ class MQL4GRec(SequentialRecommender):
         return loss, int((labels != IGNORE).sum())
 
     def calculate_loss(self, interaction):
-        """Mean token loss of every configured task on a RecBole training batch."""
-        history, lengths = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        target = interaction[self.POS_ITEM_ID]
-        total, tokens = 0.0, 0
-        for task in self.tasks:
-            loss, n = self.token_loss(*self.task_inputs(task, history, lengths, target))
-            total, tokens = total + loss, tokens + n
-        return total / max(tokens, 1)
+        """Not RecBole's per-batch path: the generative trainer builds each task's batches itself."""
+        raise NotImplementedError(
+            f"{type(self).__name__} trains with recbole_mql's GenerativeTrainer (recbole_mql.utils.get_trainer), "
+            f"which batches every task's samples and normalises the loss over the accumulated batch; "
+            f"RecBole's Trainer and calculate_loss are not used."
+        )
 
     # ---------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -209,12 +164,11 @@ class MQL4GRec(SequentialRecommender):
         history, lengths = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         ranked = []
         for modality in self.eval_modalities:
-            input_ids, attention_mask = self.encode_history(history, lengths, modality)
-            if self.tries[modality].device != input_ids.device:  # move once, not every batch
-                self.tries[modality] = self.tries[modality].to(input_ids.device)
-            decoder = ConstrainedBeamSearch(self.t5, self.level_ids[modality])
-            rows, scores = decoder.search(input_ids, attention_mask, self.tries[modality], self.beam_size)
-            ranked.append((torch.where(rows >= 0, rows + 1, rows), scores))  # trie row -> item id
+            input_ids, attention_mask = self.tokenizer.encode_history(history, lengths, modality)
+            decoder = ConstrainedBeamSearch(self.t5, self.tokenizer.level_ids[modality])
+            trie = self.tokenizer.trie(modality, input_ids.device)
+            rows, scores = decoder.search(input_ids, attention_mask, trie, self.beam_size)
+            ranked.append((self.tokenizer.items_of_rows(rows), scores))
         if len(ranked) == 2:
             return ensemble_rank(*ranked[0], *ranked[1])
         return ranked[0]
@@ -239,8 +193,8 @@ class MQL4GRec(SequentialRecommender):
         items = interaction[self.ITEM_ID]
         total = 0.0
         for modality in self.eval_modalities:
-            input_ids, attention_mask = self.encode_history(history, lengths, modality)
-            labels = self.target_tokens(items, modality)
+            input_ids, attention_mask = self.tokenizer.encode_history(history, lengths, modality)
+            labels = self.tokenizer.item_tokens(items, modality)
             logits = self.t5(input_ids=input_ids, attention_mask=attention_mask,
                              decoder_input_ids=self.t5._shift_right(labels)).logits
             logp = logits.float().log_softmax(-1).gather(2, labels.unsqueeze(2)).squeeze(2)

@@ -13,10 +13,12 @@ from recbole.trainer import Trainer
 from recbole.utils import dict2str, early_stopping, set_color
 from tqdm import tqdm
 
+from dataset_prep.io import atomic_write
+
 from recbole_mql import distributed
 from recbole_mql.compat import load_own_checkpoint
 from recbole_mql.data.task_samples import TaskSamples
-from recbole_mql.utils import CheckpointCompatMixin
+from recbole_mql.trainer.recbole_compat import RecBoleCompatMixin
 
 
 def warmup_cosine(optimizer, total_steps, warmup_steps):
@@ -31,7 +33,7 @@ def warmup_cosine(optimizer, total_steps, warmup_steps):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class GenerativeTrainer(CheckpointCompatMixin, Trainer):
+class GenerativeTrainer(RecBoleCompatMixin, Trainer):
     """RecBole ``Trainer`` whose epoch is the model's task batches instead of RecBole's batches."""
 
     def __init__(self, config, model):
@@ -300,6 +302,5 @@ class GatheredEvaluator:
 
 
 def atomic_save(state, path):
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp, pickle_protocol=4)
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f, pickle_protocol=4)

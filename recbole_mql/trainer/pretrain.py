@@ -9,21 +9,8 @@ import os
 
 import torch
 
-from recbole_mql.data.sequence_store import compact_dataset
 from recbole_mql.data.task_samples import StreamingTaskSamples
-from recbole_mql.quick_start import check_item_features, prepare_atomic_files
 from recbole_mql.trainer.generative_trainer import GenerativeTrainer
-from recbole_mql.utils import create_dataset
-
-
-def load_pretrain_domain(config):
-    """(dataset, store) of ``config['dataset']``: RecBole's filtered, remapped dataset holding its item
-    features only (enough to build a model: item count and code fields), and the
-    :class:`~recbole_mql.data.sequence_store.SequenceStore` of its interactions (RecBole's split)."""
-    prepare_atomic_files(config)
-    check_item_features(config)
-    dataset = create_dataset(config)  # no data_preparation: nothing augmented, nothing split
-    return dataset, compact_dataset(dataset)
 
 
 class PretrainTrainer(GenerativeTrainer):
