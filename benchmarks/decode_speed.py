@@ -29,6 +29,7 @@ from recbole_mql.model.beam_search import ConstrainedBeamSearch
 from recbole_mql.model.prefix_trie import PrefixTrie
 from recbole_mql.model.tokenizer import EOS_ID as EOS
 from recbole_mql.model.tokenizer import QuantitativeLanguage
+from recbole_mql.precision import machine_line
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "Instruments")
 MODALITY = "image"  # the catalogue: image code tokens <A_i><B_j><C_k><D_l>
@@ -173,6 +174,7 @@ def main():
     input_ids, mask = load_histories(args.data, codes, token_ids)
     n_ours = min(args.users, input_ids.shape[0])
     n_hf = min(args.hf_users, n_ours)
+    print(machine_line())
     print(f"device {args.device}, threads {torch.get_num_threads()}, catalogue {trie.num_items} items, "
           f"vocab {vocab}, beam {args.beam}, random weights")
 

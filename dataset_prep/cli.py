@@ -1,9 +1,12 @@
 """``python -m dataset_prep``: raw product data -> item features -> RQ-VAE codes -> RecBole atomic files.
 
-    python -m dataset_prep NAME  --source DIR [--data_path DIR] [--on_collision suffix]
-                                 (source files -> atomic files)
+    python -m dataset_prep NAME  [--source DIR] [--data_path DIR] [--on_collision suffix]
+                                 (source files -> atomic files; without a source, Instruments, Arts
+                                 and Games are downloaded, Arts and Games then coded: see known.py)
     python -m dataset_prep raw   --name Scientific --reviews Industrial_and_Scientific_5.json.gz \\
                                  --meta meta_Industrial_and_Scientific.json.gz [--images DIR --require_images]
+    python -m dataset_prep images --datasets Arts --meta meta_Arts_Crafts_and_Sewing.json.gz [--workers 8]
+                                 (imageURLHighRes -> <out>/<Name>/images/<asin>.jpg, validated, resumable)
     python -m dataset_prep text  --datasets Scientific [--text_model PATH_OR_HUB_NAME]
     python -m dataset_prep image --datasets Scientific --images DIR [--clip_arch ViT-L-14 --clip_weights openai]
     python -m dataset_prep rqvae --datasets Scientific Office_Products --feature text_all-MiniLM-L6-v2 \\
@@ -34,10 +37,10 @@ from dataset_prep import stages
 from dataset_prep.atomic import DEFAULT_ON_COLLISION, ON_COLLISION_CHOICES, SOURCE_ENV
 from dataset_prep.collisions import DEFAULT_MAKE_UNIQUE, MAKE_UNIQUE_CHOICES
 from dataset_prep.io import PrepError
+from dataset_prep.resources import properties_dir
 
-DEFAULT_RQVAE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                    "properties", "prep", "rqvae_cpu.yaml")
-STAGES = ("raw", "text", "image", "rqvae", "codes", "run")
+DEFAULT_RQVAE_CONFIG = os.path.join(properties_dir(), "prep", "rqvae_cpu.yaml")
+STAGES = ("raw", "images", "text", "image", "rqvae", "codes", "run")
 
 
 # --- source files -> atomic files -------------------------------------------------------------
@@ -49,22 +52,47 @@ def _add_on_collision(parser):
 
 
 def convert_main(argv):
-    """``python -m dataset_prep NAME --source DIR``: one dataset's source files -> its atomic files."""
+    """``python -m dataset_prep NAME [--source DIR]``: one dataset's source files -> its atomic files; with no
+    source folder, a known dataset (Instruments, Arts, Games) is downloaded first (dataset_prep/known.py)."""
     from dataset_prep.atomic import convert, resolve_source
+    from dataset_prep.download import CACHE_ENV, KNOWN_DATASETS, MIRROR_ENV
+    from dataset_prep.known import PrepOptions, prepare_known_dataset
 
     parser = argparse.ArgumentParser(
         prog="python -m dataset_prep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="stages: " + ", ".join(STAGES) + " (python -m dataset_prep <stage> --help)")
     parser.add_argument("dataset", help="dataset name, e.g. Instruments")
-    parser.add_argument("--source", help=f"folder with the dataset's source files (default: ${SOURCE_ENV}/<dataset>)")
+    parser.add_argument("--source", help=f"folder with the dataset's source files (default: ${SOURCE_ENV}/<dataset>; "
+                                         f"with neither, {', '.join(KNOWN_DATASETS)} are downloaded)")
     parser.add_argument("--data_path", default="dataset", help="parent folder of the atomic files (default: dataset)")
     _add_on_collision(parser)
+    known = parser.add_argument_group("datasets by name (no --source)")
+    known.add_argument("--data_url", help=f"mirror base URL, files at <url>/<dataset>/<file> (default: ${MIRROR_ENV})")
+    known.add_argument("--cache", help=f"download and work folder (default: ${CACHE_ENV} or ~/.cache/recbole_mql/sources)")
+    known.add_argument("--text_model", help="Arts/Games text encoder: hub name or folder (default: shipped MiniLM)")
+    known.add_argument("--rqvae_config", help="Arts/Games RQ-VAE settings (default: properties/prep/rqvae_cpu.yaml)")
+    known.add_argument("--image_meta", help="Arts/Games: Amazon 2018 meta_<Category>.json.gz, whose imageURLHighRes "
+                                            "images are downloaded and coded")
+    known.add_argument("--images", help="Arts/Games: folder of <asin>.jpg (instead of, or the cache of, the download)")
+    known.add_argument("--clip_arch", default="ViT-L-14")
+    known.add_argument("--clip_weights", default="openai")
+    known.add_argument("--device", help="torch device of the stages (default: cpu)")
+    known.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
     args = parser.parse_args(argv)
     source = resolve_source(args.dataset, args.source)
-    if source is None:
-        raise PrepError(f"No source folder for {args.dataset}: pass --source=DIR or set {SOURCE_ENV}.")
-    summary = convert(args.dataset, source, args.data_path, args.on_collision)
+    if source is not None:
+        summary = convert(args.dataset, source, args.data_path, args.on_collision)
+    elif args.dataset in KNOWN_DATASETS:
+        options = PrepOptions(data_url=args.data_url, cache_dir=args.cache, text_model=args.text_model,
+                              rqvae_config=args.rqvae_config, image_meta=args.image_meta, images=args.images,
+                              clip_arch=args.clip_arch, clip_weights=args.clip_weights, device=args.device,
+                              on_collision=args.on_collision, progress=args.progress)
+        summary = prepare_known_dataset(args.dataset, args.data_path, options)
+    else:
+        raise PrepError(f"No source folder for {args.dataset}: pass --source=DIR or set {SOURCE_ENV} "
+                        f"(datasets downloaded by name: {', '.join(KNOWN_DATASETS)}).")
     print(json.dumps(summary, indent=1))
+    return 0
 
 
 # --- the stages -------------------------------------------------------------------------------
@@ -91,6 +119,16 @@ def _add_raw(sub):
     p.add_argument("--images", help="folder of <asin>.jpg (with --download_images: the download cache)")
     p.add_argument("--require_images", action="store_true", help="drop items without an image (the paper)")
     p.add_argument("--download_images", action="store_true", help="fetch the meta's image URLs (needs network)")
+    _common(p)
+
+
+def _add_images(sub):
+    p = sub.add_parser("images", help="download item images (imageURLHighRes of Amazon metadata) -> <asin>.jpg")
+    p.add_argument("--datasets", nargs="+", required=True)
+    p.add_argument("--meta", help="meta_<Category>.json.gz with the image URLs (default: URLs in <Name>.item.json)")
+    p.add_argument("--images", help="image folder (default: <out>/<Name>/images); valid files there are kept")
+    p.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
+    p.add_argument("--retries", type=int, default=3, help="tries after the first, with back-off (default 3)")
     _common(p)
 
 
@@ -139,6 +177,7 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
     _add_raw(sub)
+    _add_images(sub)
     _add_features(sub)
     p = sub.add_parser("rqvae", help="train one RQ-VAE on one or several datasets' features")
     p.add_argument("--datasets", nargs="+", required=True)
@@ -215,6 +254,11 @@ def stage_main(argv):
     if args.stage == "raw":
         stages.stage_raw(ws, args.name, args.reviews, args.meta, args.k, args.images, args.require_images,
                          args.download_images, args.force)
+    elif args.stage == "images":
+        for name in args.datasets:
+            report = stages.stage_download_images(ws, name, args.meta, args.images, args.workers, args.retries,
+                                                  progress=args.progress)
+            print(json.dumps({name: {k: v for k, v in report.items() if k != "failures"}}))
     elif args.stage in ("text", "image"):
         stage = stages.stage_text if args.stage == "text" else stages.stage_image
         options = ({"text_model": args.text_model, "max_length": args.max_length} if args.stage == "text" else

@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from dataset_prep.io import PrepError
+from dataset_prep.network import reachable
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,12 @@ def dataset_urls(name, base_url=None):
     return {filename: base + filename for filename in known.files}
 
 
+def offline_message(url, error):
+    """The one line said when ``url`` cannot be had: the URL, the mirror variable and --source."""
+    return (f"Cannot download {url} ({error}). Without internet, give a mirror with ${MIRROR_ENV}=<base URL> "
+            f"(files at <base>/<Dataset>/<file>) or a local copy with --source=<folder> / $RECBOLE_MQL_SOURCE.")
+
+
 def file_matches(path, pin):
     """Whether the file at ``path`` has the pinned size and hash."""
     size = os.path.getsize(path)
@@ -128,10 +135,7 @@ def fetch(url, path, pin, timeout=30.0, retries=4, backoff=1.0):
         except (urllib.error.URLError, OSError, ConnectionError, TimeoutError) as e:
             error = str(getattr(e, "reason", e)) or type(e).__name__
         if attempt == retries:
-            raise DownloadError(
-                f"Cannot download {url} ({error}). Without internet, give a mirror with ${MIRROR_ENV}=<base URL> "
-                f"(files at <base>/<Dataset>/<file>) or a local copy with --source=<folder> / $RECBOLE_MQL_SOURCE."
-            )
+            raise DownloadError(offline_message(url, error))
         logger.warning(f"download of {url} interrupted ({error}); retry {attempt + 1}/{retries}")
         time.sleep(backoff * 2 ** attempt)
     if not file_matches(part, pin):
@@ -173,9 +177,16 @@ def download_dataset(name, cache_dir=None, base_url=None, timeout=30.0, retries=
                             f"its code files>, or set $RECBOLE_MQL_SOURCE to the folder that holds {name}/.")
     folder = os.path.join(cache_dir or default_cache(), name)
     known = KNOWN_DATASETS[name]
-    for filename, url in dataset_urls(name, base_url).items():
-        path = os.path.join(folder, filename)
-        if not (os.path.isfile(path) and file_matches(path, known.files[filename])):
-            logger.info(f"downloading {url}")
-            fetch(url, path, known.files[filename], timeout=timeout, retries=retries)
+    todo = [(filename, url) for filename, url in dataset_urls(name, base_url).items()
+            if not (os.path.isfile(os.path.join(folder, filename))
+                    and file_matches(os.path.join(folder, filename), known.files[filename]))]
+    if todo and not reachable(todo[0][1], timeout=min(timeout, 5.0)):
+        raise DownloadError(offline_message(todo[0][1], "host unreachable"))  # at once, not after the retries
+    start, size = time.perf_counter(), 0
+    for filename, url in todo:
+        logger.info(f"downloading {url}")
+        size += os.path.getsize(fetch(url, os.path.join(folder, filename), known.files[filename], timeout=timeout,
+                                      retries=retries))
+    if todo:
+        logger.info(f"{name}: {len(todo)} files, {size / 1e6:.1f} MB in {time.perf_counter() - start:.2f}s -> {folder}")
     return folder

@@ -182,6 +182,42 @@ def stage_image(ws, name, encoder_cache, images=None, clip_arch="ViT-L-14", clip
     return feature
 
 
+def stage_download_images(ws, name, meta=None, images=None, workers=8, retries=3, timeout=10.0, progress=True):
+    """Download the item images of ``name`` into :meth:`Workspace.image_folder` as ``<asin>.jpg``
+    (see :mod:`dataset_prep.images`); returns the download report with ``missing``: the number of items
+    that have no valid image afterwards (0: the image stage can run).
+
+    URLs come from the Amazon metadata file ``meta`` (``imageURLHighRes`` first), else from the
+    ``<name>.item.json`` entries when they carry image URLs. Without any URL the report says so and
+    nothing is downloaded. Offline raises :class:`PrepError`.
+    """
+    from dataset_prep import images as image_download
+    from dataset_prep.raw_amazon import read_id_map
+
+    items = ws.require_input(name, f"{name}.item.json", "Items come from `python -m dataset_prep raw`.")
+    id_map = ws.find_input(name, f"{name}.item2id")
+    item2id = read_id_map(id_map) if id_map else None
+    n_items = len(read_json(items, "Item file"))
+    keys = sorted(item2id, key=item2id.get) if item2id else [str(i) for i in range(n_items)]
+    if meta:
+        urls = image_download.urls_from_meta(meta, set(keys))
+    else:
+        urls = image_download.urls_from_items(items, item2id)
+    folder = ws.image_folder(name, images)
+    if not urls:
+        report = {"requested": len(keys), "present": 0, "downloaded": 0, "failed": 0, "no_url": len(keys),
+                  "failures": [], "folder": os.path.abspath(folder)}
+    else:
+        report = image_download.download_images({key: urls.get(key, []) for key in keys}, folder, workers, retries,
+                                                timeout=timeout, progress=progress)
+    report["missing"] = sum(not (os.path.isfile(path) and image_download.valid_image(path))
+                            for path in (image_download.image_path(folder, key) for key in keys))
+    if not urls:  # nothing to download: the folder's own images are what there is
+        report["present"], report["no_url"] = len(keys) - report["missing"], report["missing"]
+    logger.info(f"images {name}: {report['missing']} of {len(keys)} items without an image in {folder}")
+    return report
+
+
 def _features_hint(ws, feature, name):
     modality = feature.split("_", 1)[0]
     return (f"Extract them first: `python -m dataset_prep {modality} --datasets {name} --out {ws.out}` "

@@ -14,7 +14,7 @@ from dataset_prep.io import PrepError
 from recbole_mql import distributed
 from recbole_mql.compare import run_comparison
 from recbole_mql.config import ConfigSources, UnknownConfigKeyError, checked_protocol
-from recbole_mql.quick_start import run_recbole_mql
+from recbole_mql.quick_start import TrainingInterrupted, run_recbole_mql
 from recbole_mql.recommend import load_checkpoint, parse_overrides, top_k, user_history
 from recbole_mql.utils import UnknownModelError
 
@@ -27,10 +27,13 @@ USAGE = """usage:
 
   --model          MQL4GRec, TIGER, or any RecBole model (SASRec, BERT4Rec, FDSA, ...)
   --dataset        a dataset under data_path (default dataset/), converted from --source on first use
+                   (Instruments, Arts, Games: downloaded when there is no source; --data_url=MIRROR)
   --protocol       training budget from properties/protocol/<name>.yaml (cpu: a few hours on 2 cores;
                    paper: the published budgets, for a GPU) or a YAML file
   --compare        comma-separated models, trained and tested in turn on one split; writes a table,
                    a plot, each model's log and config to <results_dir>/<dataset>/<timestamp>/
+  --baseline=NAME  paired tests of every model against NAME (default: every pair), marked in the table
+  --bootstrap_resamples=N, --confidence=0.95   the bootstrap intervals and tests over users
   --with_reference add the published numbers (properties/reference/<dataset>.yaml) and ours / published
   --resume_dir     a comparison folder to finish: models with a result there are not run again
   --recommend      print a user's history and top-k items from a checkpoint (--user: the user id token
@@ -39,7 +42,10 @@ USAGE = """usage:
 
 several processes (DistributedDataParallel; gloo on CPUs, nccl on GPUs; rank 0 logs and saves):
   torchrun --nproc_per_node=N run_recbole_mql.py --model=NAME --dataset=NAME [...]
-  python run_recbole_mql.py --model=NAME --dataset=NAME --nproc=N [--world_size=W --ip=HOST --port=P --offset=K]"""
+  python run_recbole_mql.py --model=NAME --dataset=NAME --nproc=N [--world_size=W --ip=HOST --port=P --offset=K]
+
+exit status: 0 done; 1 a compared model failed (its row says why); 2 bad input (one line: the key or file, and
+the fix); 130 interrupted (one line: how to resume)"""
 
 TRUE = ("true", "1", "yes", "")
 
@@ -107,8 +113,18 @@ def run_compare(flags):
     dataset = flags.pop("dataset", "Instruments")
     with_reference = pop_bool(flags, "with_reference")
     results_dir, resume_dir = flags.pop("results_dir", "results"), flags.pop("resume_dir", None)
-    run_comparison(models, dataset, results_dir=results_dir, with_reference=with_reference, resume_dir=resume_dir,
-                   sources=config_sources(flags))
+    statistics = {"baseline": flags.pop("baseline", None),
+                  "bootstrap_resamples": int(flags.pop("bootstrap_resamples", 1000)),
+                  "confidence": float(flags.pop("confidence", 0.95))}
+    result = run_comparison(models, dataset, results_dir=results_dir, with_reference=with_reference,
+                            resume_dir=resume_dir, sources=config_sources(flags), **statistics)
+    failed = [row["model"] for row in result["rows"] if row["status"] == "failed"]
+    if failed:
+        print(f"error: {', '.join(failed)} failed (see the error column and {result['run_dir']}/<Model>.log); "
+              f"after fixing, run the same command with --resume_dir={result['run_dir']} to run only those again.",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_recommend(flags):
@@ -139,7 +155,7 @@ def main(argv=None):
     try:
         flags = parse_flags(argv)
         if "compare" in flags:
-            run_compare(flags)
+            return run_compare(flags)
         elif "recommend" in flags:
             run_recommend(flags)
         else:
@@ -147,4 +163,10 @@ def main(argv=None):
     except (UnknownModelError, UnknownConfigKeyError, PrepError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0

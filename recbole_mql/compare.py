@@ -33,17 +33,22 @@ from recbole.utils import init_logger
 
 from dataset_prep.io import atomic_write
 
-from recbole_mql.config import PROPERTIES_DIR, Config, ConfigSources, checked_protocol
+from recbole_mql.config import PROPERTIES_DIR, Config, ConfigSources, checked_protocol, load_yaml_file
 from recbole_mql.data.preparation import ItemFeaturesMissing, check_item_features
 from recbole_mql.protocol import ProtocolError, protocol_config, yaml_names
-from recbole_mql.quick_start import run_recbole_mql
+from recbole_mql.significance import (aligned_ranks, interval_columns, ranks_file, significance_markdown,
+                                      significance_rows)
+from recbole_mql.quick_start import TrainingInterrupted, run_recbole_mql
+from recbole_mql.utils import UnknownModelError, get_model
 
 REFERENCE_DIR = os.path.join(PROPERTIES_DIR, "reference")
 # (RecBole's result key, column name) of the metrics in the table, the plot and the reference.
 METRICS = [("hit@1", "HR@1"), ("hit@5", "HR@5"), ("hit@10", "HR@10"), ("ndcg@5", "NDCG@5"), ("ndcg@10", "NDCG@10")]
 METRIC_NAMES = [name for _, name in METRICS]
 COLUMNS = (["model", "status"] + METRIC_NAMES
-           + ["best epoch", "train seconds", "eval seconds", "parameter count", "error"])
+           + ["best epoch", "train seconds", "eval seconds", "parameter count", "scoring", "error"])
+# bootstrap interval over users of each metric (CSV only; the Markdown shows +- the half width)
+CI_COLUMNS = [f"{name} {end}" for name in METRIC_NAMES for end in ("low", "high")]
 REFERENCE_COLUMNS = ["model", "source"] + METRIC_NAMES
 MANIFEST = "comparison.json"
 LOG_FORMAT = "%(asctime)-15s %(levelname)s  %(message)s"  # RecBole's log-file format
@@ -67,32 +72,55 @@ def open_run_dir(results_dir, dataset, resume_dir=None):
     return path
 
 
+def read_json(path, what, fix):
+    """A JSON file of the results folder; a damaged one is a :class:`CompareError` naming it and ``fix``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CompareError(f"{path} ({what}) is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}): "
+                           f"{fix}") from None
+
+
+def _differences(label, a, b):
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        return [f"{label}.{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
+    return [f"{label} {a!r} -> {b!r}"] if a != b else []
+
+
 def checked_manifest(run_dir, manifest):
     """Refuse to resume a folder made for another dataset or other settings: its rows would not compare.
+    Compared: the sources' contents (the config files' keys, not their names) and each model's resolved
+    settings (so an edited config file or property file is caught too).
 
     Returns the manifest to write: ``models`` lists every model the folder was asked for, earlier
-    commands' first (two comparisons with disjoint lists may share one folder)."""
+    commands' first (two comparisons with disjoint lists may share one folder), ``resolved`` every
+    model's settings."""
     path = os.path.join(run_dir, MANIFEST)
     if not os.path.isfile(path):
         return manifest
-    with open(path, encoding="utf-8") as f:
-        old = json.load(f)
+    old = read_json(path, "the comparison's settings", "restore it, or start a new comparison (no --resume_dir).")
     changed = []
     if old.get("dataset") != manifest["dataset"]:
         changed.append(f"dataset {old.get('dataset')} -> {manifest['dataset']}")
-    before, now = old.get("settings") or {}, manifest["settings"]
+    before, now = dict(old.get("settings") or {}), manifest["settings"]
+    if all(isinstance(f, str) for f in before.get("config_files") or []) and before.get("config_files"):
+        before["config_files"] = now["config_files"] if before["config_files"] == manifest["config_file_names"] \
+            else before["config_files"]  # a folder of an earlier version recorded the files' names only
     for section in sorted(set(before) | set(now)):
-        a, b = before.get(section) or {}, now.get(section) or {}
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            changed += [f"{section}.{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys]
-        elif a != b:
-            changed.append(f"{section} {a!r} -> {b!r}")
+        changed += _differences(section, before.get(section) or {}, now.get(section) or {})
+    old_resolved = old.get("resolved") or {}
+    for model in sorted(set(old_resolved) & set(manifest["resolved"])):
+        changed += _differences(model, old_resolved[model], manifest["resolved"][model])
     if changed:
+        shown = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")
         raise CompareError(
-            f"{run_dir} holds a comparison run with other settings ({'; '.join(changed)}): resume it with the "
-            f"same --dataset, --protocol, --config_files and --key=value flags, or start a new one (no --resume_dir).")
-    return dict(manifest, models=list(dict.fromkeys((old.get("models") or []) + manifest["models"])))
+            f"{run_dir} holds a comparison run with other settings ({shown}): resume it with the "
+            f"same --dataset, --protocol, --config_files (same contents) and --key=value flags, or start a new one "
+            f"(no --resume_dir).")
+    return dict(manifest, models=list(dict.fromkeys((old.get("models") or []) + manifest["models"])),
+                resolved={**old_resolved, **manifest["resolved"]})
 
 
 def write_text(path, text):
@@ -114,9 +142,8 @@ def finished_row(run_dir, model):
     path = result_file(run_dir, model)
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        row = json.load(f)
-    return row if row.get("status") == "ok" else None
+    row = read_json(path, f"{model}'s result", f"delete it to run {model} again, or restore it.")
+    return row if isinstance(row, dict) and row.get("status") == "ok" else None
 
 
 # ------------------------------------------------------------------------------------ one model
@@ -174,6 +201,7 @@ def result_row(model, result):
         "eval seconds": round(result["eval_seconds"], 1), "parameter count": int(result["params"]), "error": "",
         "test_result": plain(test), "best_valid_result": plain(result["best_valid_result"]),
         "saved_model_file": result["saved_model_file"], "recbole_log_file": result["log_file"],
+        "scoring": result.get("collision_scoring") or "", "ranks_file": result.get("ranks_file"),
     })
     return row
 
@@ -258,6 +286,9 @@ def ratio(ours, published):
 # --------------------------------------------------------------------------------------- report
 def cell(value, column):
     """Markdown text of one cell: metrics to 4 places, seconds to 1, counts with separators."""
+    if isinstance(value, tuple):  # (metric, half width of its interval, marker)
+        mean, half, marker = value
+        return f"{mean:.4f}" + (f" ±{half:.4f}" if half is not None else "") + marker
     if value is None or value == "":
         return ""
     if column == "parameter count":
@@ -283,11 +314,20 @@ def csv_text(rows, columns):
     return out.getvalue()
 
 
-def markdown_report(dataset, rows, ref_rows, reference, run_dir):
+def markdown_report(dataset, rows, ref_rows, reference, run_dir, stats=None):
+    stats = stats or {}
+    shown = [{**row, **{name: (row[name], _half(row, name), "*" if name in row.get("better", ()) else "")
+                        for name in METRIC_NAMES if row.get(name) is not None}} for row in rows]
     parts = [f"# {dataset}: side-by-side comparison", "",
              f"Test metrics (full ranking, leave-one-out), one split and seed for every model. Folder: `{run_dir}`. "
-             "Best epoch counts from 0, as RecBole's log does; seconds are wall time.",
-             "", markdown_table(rows, COLUMNS)]
+             "Best epoch counts from 0, as RecBole's log does; seconds are wall time. "
+             f"± half the {stats.get('confidence', 0.95):.0%} bootstrap interval over the test users "
+             "(users resampled; training randomness is not covered: use several seeds for that)"
+             + (f"; * better than {stats['baseline']} (paired permutation test, Holm-corrected, significance.md)"
+                if stats.get("baseline") else "")
+             + ". Scoring: strict = a hit is the target item itself; shared_code = the authors' scoring (a predicted "
+               "code counts for every item that has it).",
+             "", markdown_table(shown, COLUMNS)]
     if reference is not None:
         parts += ["", "## Published numbers", "", markdown_table(ref_rows, REFERENCE_COLUMNS), ""]
         parts += [f"- **{key}**: {citation}" for key, citation in reference["sources"].items()]
@@ -314,8 +354,14 @@ def plot_metrics(rows, ref_rows, path):
     width = 0.8 / max(len(series), 1)
     for i, (label, values, colour, hatch) in enumerate(series):
         positions = [m + (i - (len(series) - 1) / 2) * width for m in range(len(METRICS))]
-        ax.bar(positions, [values.get(name) or 0.0 for name in METRIC_NAMES], width, label=label, color=colour,
-               hatch=hatch, alpha=0.45 if hatch else 1.0, edgecolor="black" if hatch else None, linewidth=0.3)
+        heights = [values.get(name) or 0.0 for name in METRIC_NAMES]
+        errors = [[max(h - (values.get(f"{n} low") if values.get(f"{n} low") is not None else h), 0) for h, n in
+                   zip(heights, METRIC_NAMES)],
+                  [max((values.get(f"{n} high") if values.get(f"{n} high") is not None else h) - h, 0) for h, n in
+                   zip(heights, METRIC_NAMES)]]
+        ax.bar(positions, heights, width, label=label, color=colour, yerr=errors, capsize=1.5,
+               error_kw={"linewidth": 0.6}, hatch=hatch, alpha=0.45 if hatch else 1.0,
+               edgecolor="black" if hatch else None, linewidth=0.3)
     ax.set_xticks(range(len(METRICS)), [name for _, name in METRICS])
     ax.set_ylabel("test score")
     ax.set_title("Models on one split (full ranking)")
@@ -325,13 +371,54 @@ def plot_metrics(rows, ref_rows, path):
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
-def write_report(run_dir, dataset, rows, reference):
+def _half(row, name):
+    low, high = row.get(f"{name} low"), row.get(f"{name} high")
+    return None if low is None or high is None else (high - low) / 2
+
+
+def add_statistics(run_dir, rows, baseline=None, n_resamples=1000, confidence=0.95, seed=2020):
+    """Bootstrap intervals per model and metric (into the rows), and the paired tests between the
+    models whose per-user ranks were kept: significance.csv / .md; returns the test rows."""
+    files = {row["model"]: ranks_file(run_dir, row["model"]) for row in rows
+             if row["status"] == "ok" and os.path.isfile(ranks_file(run_dir, row["model"]))}
+    if not files:
+        return []
+    ranks = aligned_ranks(files)
+    metrics = [key for key, _ in METRICS]
+    for row in rows:
+        row["better"] = []
+        if row["model"] in ranks:
+            for (key, name), (low, high) in zip(METRICS, interval_columns(
+                    ranks[row["model"]], metrics, n_resamples, confidence, seed).values()):
+                row[f"{name} low"], row[f"{name} high"] = round(low, 4), round(high, 4)
+    if len(ranks) < 2 or (baseline is not None and baseline not in ranks):
+        return []
+    tests = significance_rows(ranks, metrics, baseline, n_resamples, confidence, seed)
+    names = dict(METRICS)
+    for test in tests:
+        if baseline and test["significant"] and test["difference"] > 0:
+            next(r for r in rows if r["model"] == test["model"])["better"].append(names[test["metric"]])
+    columns = list(tests[0])
+    write_text(os.path.join(run_dir, "significance.csv"), csv_text(tests, columns))
+    write_text(os.path.join(run_dir, "significance.md"),
+               f"# Paired differences on the same test users ({len(next(iter(ranks.values())))} users)\n\n"
+               f"Bootstrap interval of the mean difference ({n_resamples} resamples, seed {seed}); two-sided paired "
+               f"sign-flip permutation test and Wilcoxon signed-rank test; p-values Holm-corrected over the "
+               f"{len(tests)} comparisons; significant: permutation p (Holm) < {1 - confidence:.2f}.\n\n"
+               + significance_markdown(tests, confidence))
+    return tests
+
+
+def write_report(run_dir, dataset, rows, reference, stats=None):
     """results.csv / results.md / metrics.png (+ reference.csv); returns the Markdown text."""
+    stats = stats or {}
     ref_rows = reference_rows(rows, reference) if reference is not None else []
-    write_text(os.path.join(run_dir, "results.csv"), csv_text(rows, COLUMNS))
+    add_statistics(run_dir, rows, stats.get("baseline"), stats.get("bootstrap_resamples", 1000),
+                   stats.get("confidence", 0.95))
+    write_text(os.path.join(run_dir, "results.csv"), csv_text(rows, COLUMNS + CI_COLUMNS))
     if reference is not None:
         write_text(os.path.join(run_dir, "reference.csv"), csv_text(ref_rows, REFERENCE_COLUMNS))
-    text = markdown_report(dataset, rows, ref_rows, reference, run_dir)
+    text = markdown_report(dataset, rows, ref_rows, reference, run_dir, stats)
     write_text(os.path.join(run_dir, "results.md"), text)
     plot_metrics(rows, ref_rows, os.path.join(run_dir, "metrics.png"))
     return text, ref_rows
@@ -347,6 +434,45 @@ def model_names(models):
     return names
 
 
+def checked_models(models, dataset, sources):
+    """{model: resolved settings} of every model, checked before the first one trains: an unknown name
+    or a config a model cannot run with is a :class:`CompareError` now, not hours into the comparison."""
+    unknown = []
+    for model in models:
+        try:
+            get_model(model)
+        except UnknownModelError as e:
+            unknown.append(str(e))
+    if unknown:
+        raise CompareError(" ".join(unknown) + " Nothing was run.")
+    resolved = {}
+    for model in models:
+        try:
+            config = Config.from_sources(model, dataset, sources)
+        except Exception as e:  # noqa: BLE001 - a bad key or value (RecBole raises several types): one line
+            raise CompareError(f"{model}: {e} Nothing was run.") from None
+        resolved[model] = resolved_settings(config)
+    return resolved
+
+
+# Keys that may differ between the commands of one comparison: where files go, how much is printed,
+# which device runs it. Every other resolved key must stay the same for the rows to compare.
+RUN_LOCAL_KEYS = {"checkpoint_dir", "ranks_file", "resume", "show_progress", "state", "verbose", "device", "gpu_id", "use_gpu",
+                  "local_rank", "single_spec", "nproc", "world_size", "ip", "port", "offset", "worker", "data_path",
+                  "source", "log_wandb", "wandb_project"}
+
+
+def resolved_settings(config):
+    """A model's resolved config without :data:`RUN_LOCAL_KEYS`, as plain data (what the manifest compares)."""
+    return plain({k: v for k, v in config.final_config_dict.items() if k not in RUN_LOCAL_KEYS})
+
+
+def config_file_contents(files):
+    """The keys of each config file (what is compared on resume; a renamed file with the same keys is the
+    same setting, an edited one is not)."""
+    return [plain(load_yaml_file(path)) for path in files]
+
+
 def model_sources(sources, protocol, model, dataset, run_dir):
     """``sources`` for ``model``: checkpoints go into the results folder unless ``checkpoint_dir`` is
     set, so that ``--recommend`` finds them beside the table; an interrupted run resumes."""
@@ -354,6 +480,7 @@ def model_sources(sources, protocol, model, dataset, run_dir):
     extra = {}
     if "checkpoint_dir" not in given and "checkpoint_dir" not in sources.cmd_args:
         extra["checkpoint_dir"] = os.path.join(run_dir, "checkpoints")
+    extra["ranks_file"] = ranks_file(run_dir, model)  # per-user test ranks: intervals and paired tests
     extra.update(interrupted_state(model, dataset, {**given, **extra}, sources.cmd_args))
     return sources.with_config_dict(extra)
 
@@ -379,27 +506,37 @@ def summary(row):
 
 
 def run_comparison(models, dataset, config_file_list=None, config_dict=None, results_dir="results",
-                   with_reference=False, resume_dir=None, protocol=None, sources=None):
+                   with_reference=False, resume_dir=None, protocol=None, sources=None, baseline=None,
+                   bootstrap_resamples=1000, confidence=0.95):
     """Train and test each of ``models`` on ``dataset`` in turn; write and print the table.
 
     Every model gets the same config sources (hence the same seed and split): ``sources`` (a
     :class:`~recbole_mql.config.ConfigSources`, as the CLI passes it) or ``config_file_list``,
     ``config_dict`` and ``protocol`` (``"cpu"``, ``"paper"`` or a YAML path), which sets each model's keys.
     Returns ``{"run_dir", "rows", "reference_rows", "report"}``; rows follow the order of ``models``.
+    Every model's per-user test ranks are kept (``<Model>.ranks.csv.gz``): the table gives bootstrap
+    intervals over users, and significance.md the paired tests (against ``baseline``, or every pair).
     """
     models = model_names(models)
+    if baseline is not None and baseline not in models:
+        raise CompareError(f"--baseline={baseline} is not one of the compared models ({', '.join(models)}).")
+    if not 0 < confidence < 1 or bootstrap_resamples < 1:
+        raise CompareError(f"--confidence must lie in (0, 1) and --bootstrap_resamples be >= 1 "
+                           f"(got {confidence}, {bootstrap_resamples}).")
     sources = ConfigSources.given(sources, config_file_list=config_file_list, config_dict=config_dict,
                                   protocol=protocol)
     try:
         protocol_spec = checked_protocol(sources.protocol)
     except ProtocolError as e:
         raise CompareError(str(e)) from None
-    reference = load_reference(dataset) if with_reference else None  # fail before hours of training
+    resolved = checked_models(models, dataset, sources)  # every name and config, before hours of training
+    reference = load_reference(dataset) if with_reference else None
     run_dir = open_run_dir(results_dir, dataset, resume_dir)
     settings = plain({"protocol": {k: protocol_spec[k] for k in ("common", "models")},
-                      "config_files": list(sources.config_file_list),
+                      "config_files": config_file_contents(sources.config_file_list),
                       "config_dict": sources.config_dict, "cmd_args": sources.cmd_args})
-    manifest = {"dataset": dataset, "models": models, "protocol": sources.protocol, "settings": settings}
+    manifest = {"dataset": dataset, "models": models, "protocol": sources.protocol, "settings": settings,
+                "config_file_names": list(sources.config_file_list), "resolved": resolved}
     write_json(os.path.join(run_dir, MANIFEST), checked_manifest(run_dir, manifest))
     rows = []
     for i, model in enumerate(models, 1):
@@ -408,10 +545,17 @@ def run_comparison(models, dataset, config_file_list=None, config_dict=None, res
             print(f"[compare] {i}/{len(models)} {model}: finished earlier in {run_dir}, not run again")
         else:
             print(f"[compare] {i}/{len(models)} {model} on {dataset}: running")
-            row = run_model(model, dataset, run_dir, model_sources(sources, protocol_spec, model, dataset, run_dir))
+            try:
+                row = run_model(model, dataset, run_dir,
+                                model_sources(sources, protocol_spec, model, dataset, run_dir))
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(
+                    f"interrupted during {model}: run the same command with --resume_dir={run_dir} to go on (finished "
+                    f"models are kept; MQL4GRec and TIGER continue from their last finished epoch).") from None
             write_json(result_file(run_dir, model), row)
         print(f"[compare] {model}: {summary(row)}")
         rows.append(row)
-    report, ref_rows = write_report(run_dir, dataset, rows, reference)
+    stats = {"baseline": baseline, "bootstrap_resamples": bootstrap_resamples, "confidence": confidence}
+    report, ref_rows = write_report(run_dir, dataset, rows, reference, stats)
     print(report)
     return {"run_dir": run_dir, "rows": rows, "reference_rows": ref_rows, "report": report}

@@ -4,9 +4,9 @@ Imported first by :mod:`recbole_mql`, before any RecBole module runs.
 
 - numpy 2 removed ``np.float_`` & co., which ``recbole.config.Config`` still assigns
   (``np.float = np.float_``); the aliases are restored here, once.
-- torch >= 2.6 loads checkpoints weights-only by default, but RecBole's checkpoints hold the whole
-  ``Config``: :func:`load_own_checkpoint` loads files *this project wrote* with the full unpickler.
-  It is never used for a file of unknown origin.
+- torch >= 2.6 loads checkpoints weights-only by default, but RecBole's trainers pickle the whole
+  ``Config`` into theirs. The trainers here store plain data instead (:mod:`recbole_mql.checkpoint`),
+  and every checkpoint is read weights-only: :func:`load_own_checkpoint` never runs code from a file.
 - ``recbole.quick_start`` imports ray (and with it ``pkg_resources``); the plugin never imports it.
 - ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
   when imported, and importing any RecBole sequential model (SASRec...) imports it: from then on
@@ -36,12 +36,11 @@ def patch_numpy():
 
 
 def load_own_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint written by this project's (or RecBole's) trainer.
+    """A checkpoint read weights-only (:func:`recbole_mql.checkpoint.load_checkpoint_file`): tensors and
+    plain data, never code; anything else is refused with a clear error."""
+    from recbole_mql.checkpoint import load_checkpoint_file
 
-    RecBole stores its ``Config`` object inside the checkpoint, which torch's weights-only
-    loader refuses; the files come from our own trainer, so the full unpickler is safe here.
-    """
-    return torch.load(str(path), map_location=map_location, weights_only=False)
+    return load_checkpoint_file(path, map_location=map_location)
 
 
 def import_recbole_module(name):

@@ -14,27 +14,33 @@ refer here):
 Items 3-6 are a run's :class:`ConfigSources`.
 """
 
+import ast
 import difflib
 import glob
 import os
+import re
 from dataclasses import dataclass, field, replace
 
 import recbole
 import yaml
 from recbole.config import Config as RecBoleConfig
+from recbole.evaluator import metric_types
 from recbole.utils import argument_list
 
+from dataset_prep.resources import properties_dir
 from recbole_mql.distributed import init_process_group, process_device, recbole_launch, torchrun_launch
+from recbole_mql.precision import check_autocast_dtype
 from recbole_mql.protocol import ProtocolError, load_protocol, protocol_config
 from recbole_mql.utils import get_model
 
-PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
+# installed: package data recbole_mql/properties/; source checkout / editable: the top-level properties/
+PROPERTIES_DIR = properties_dir()
 
 # Keys that the harness itself reads (CLI / quick start), not in any property file.
 HARNESS_KEYS = {
     "model", "dataset", "config_files", "source", "resume", "compare", "with_reference",
     "recommend", "checkpoint", "user", "results_dir", "protocol", "resume_dir",
-    "nproc", "world_size", "ip", "port", "offset", "local_rank",
+    "nproc", "world_size", "ip", "port", "offset", "local_rank", "baseline", "bootstrap_resamples", "confidence",
 }
 
 
@@ -46,6 +52,97 @@ NOT_CONFIG_FOLDERS = {"reference", "protocol", "prep"}
 class UnknownConfigKeyError(KeyError):
     def __str__(self):
         return str(self.args[0])
+
+
+class ConfigValueError(ValueError):
+    """A config value that cannot work (wrong type, out of range, unreadable file); the message names the
+    key, where it was set and the fix."""
+
+
+# ------------------------------------------------------------------------------------ values
+def parse_value(text):
+    """A string value from the command line, ``config_dict`` or a protocol as RecBole reads it, but
+    parsed as a literal, never run: numbers, lists, dicts, tuples, booleans (``true``/``false`` in any
+    case), ``None``; anything else stays the string it is. (RecBole's ``eval`` would run
+    ``__import__('os').system(...)``.)"""
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return {"true": True, "false": False}.get(text.strip().lower(), text)
+    if value is not None and not isinstance(value, (str, int, float, list, tuple, dict, bool)):
+        return text  # a set, bytes, a complex number: RecBole keeps the text too
+    return value
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML of the config files and property files: safe (no Python tags), with RecBole's float rule
+    (``1e-3`` is a number)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:
+     [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml_file(path, what="config file"):
+    """A YAML mapping from ``path``; a missing file, a syntax error or another shape is one
+    :class:`ConfigValueError` naming the file (and line)."""
+    if not os.path.isfile(path):
+        raise ConfigValueError(f"The {what} {path} does not exist: check the path given with --config_files.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = yaml.load(f, Loader=_YamlLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigValueError(f"The {what} {path} is not valid YAML{where}: {problem}. Fix that line; a file "
+                               f"holds 'key: value' lines (see properties/overall.yaml).") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigValueError(f"The {what} {path} holds a {type(content).__name__}, not 'key: value' lines "
+                               f"(see properties/overall.yaml).")
+    return content
+
+
+def _type_name(default):
+    if isinstance(default, bool):
+        return "True or False"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if isinstance(default, (list, tuple)):
+        return "a list, e.g. [1, 5, 10]"
+    if isinstance(default, dict):
+        return "a mapping, e.g. {key: value}"
+    return "text"
+
+
+def value_fits(value, default):
+    """Whether ``value`` has the type of the key's default (None defaults take anything)."""
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return value is None or isinstance(value, (list, tuple))
+    if isinstance(default, dict):
+        return value is None or isinstance(value, dict)
+    return not isinstance(value, (list, dict))  # text: also numbers, paths, RecBole's gpu_id tuples
 
 
 def plugin_property_files(model, dataset):
@@ -128,6 +225,24 @@ class ConfigSources:
         return replace(self, config_dict={**self.config_dict, **keys})
 
 
+# Keys whose value must be an integer >= 1 where a model has them, and keys that must not be negative.
+POSITIVE_INT_KEYS = ("epochs", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "beam_size",
+                     "pretrain_epochs", "pretrain_train_batch_size", "pretrain_gradient_accumulation_steps")
+NON_NEGATIVE_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "valid_users", "stopping_step",
+                     "pretrain_learning_rate")
+EPOCHS_HINT = (" (0 or fewer would train nothing and test an untrained model; to test a saved model use "
+               "--recommend, to continue a run --resume)")
+
+
+def _is_topk_metric(name):
+    """Whether RecBole reports metric ``name`` per cut-off (``NDCG@10``) rather than once (``AUC``)."""
+    from recbole.evaluator.base_metric import TopkMetric
+    from recbole.evaluator.register import metrics_dict
+
+    metric = metrics_dict.get(str(name).lower())
+    return metric is not None and issubclass(metric, TopkMetric)
+
+
 class Config(RecBoleConfig):
     """RecBole ``Config`` that finds plugin models, loads ``properties/`` of this project and applies
     a protocol; ``self.sources`` keeps the :class:`ConfigSources` it was built from."""
@@ -147,6 +262,31 @@ class Config(RecBoleConfig):
 
     def _load_cmd_line(self):
         return self._convert_config_dict(dict(self.sources.cmd_args))
+
+    # Every path into the config reads values as data, never as code: files through a safe YAML loader,
+    # strings (command line, config_dict, protocol) through parse_value instead of RecBole's eval.
+    def _build_yaml_loader(self):
+        return _YamlLoader
+
+    def _convert_config_dict(self, config_dict):
+        for key, value in config_dict.items():
+            if isinstance(value, str):
+                config_dict[key] = parse_value(value)
+        return config_dict
+
+    def _load_config_files(self, file_list):
+        self.key_files = {}  # key -> the config file that set it (for error messages)
+        merged = {}
+        for path in file_list or []:
+            content = load_yaml_file(path)
+            merged.update(content)
+            self.key_files.update({key: path for key in content})
+        return merged
+
+    def _update_internal_config_dict(self, file):
+        config_dict = load_yaml_file(file, "property file")
+        self.internal_config_dict.update(config_dict)
+        return config_dict
 
     def _merge_external_config_dict(self):
         # RecBole's files < config_dict < command line, with the protocol's slot after the files
@@ -192,7 +332,77 @@ class Config(RecBoleConfig):
             and "train_neg_sample_args" not in self.external_config_dict
         ):
             self.final_config_dict["train_neg_sample_args"] = None
+        self._check_values()
         super()._set_default_parameters()
+
+    # ------------------------------------------------------------------------------ checks
+    def _source_of(self, key):
+        """Where ``key``'s value was given (for error messages)."""
+        if key in self.cmd_config_dict:
+            return f"--{key} on the command line"
+        if key in self.variable_config_dict:
+            return "config_dict"
+        if key in getattr(self, "protocol_config_dict", {}):
+            return f"protocol {self.sources.protocol}"
+        if key in getattr(self, "key_files", {}):
+            return self.key_files[key]
+        return "the property files"
+
+    def _bad(self, key, must):
+        value = self.final_config_dict.get(key)
+        return ConfigValueError(f"{key}={value!r} (from {self._source_of(key)}) {must}")
+
+    def _check_values(self):
+        """Refuse, before any data is loaded or epoch trained, values that would fail later or silently
+        do something else: a value of another type than its default's, epochs/batch sizes below 1, an
+        unknown autocast_dtype, a topk that is not a list of positive integers, a valid_metric that
+        the evaluation will not compute."""
+        cfg, defaults = self.final_config_dict, self.internal_config_dict
+        for key, value in self.external_config_dict.items():
+            default = defaults.get(key)
+            lenient = (key == "topk" and isinstance(value, int)) or (key == "metrics" and isinstance(value, str))
+            if key in defaults and not lenient and not value_fits(value, default):
+                raise self._bad(key, f"must be {_type_name(default)} (default: {default!r}).")
+        for key in POSITIVE_INT_KEYS:
+            value = cfg.get(key)
+            wrong = isinstance(value, bool) or not isinstance(value, int) or value < 1
+            if key in cfg and value is not None and wrong:
+                hint = EPOCHS_HINT if key.endswith("epochs") else ""
+                raise self._bad(key, f"must be an integer of at least 1{hint}.")
+        for key in NON_NEGATIVE_KEYS:
+            value = cfg.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise self._bad(key, "must not be negative.")
+        if cfg.get("autocast_dtype") is not None:
+            check_autocast_dtype(cfg["autocast_dtype"])
+        self._check_evaluation_keys()
+
+    def _check_evaluation_keys(self):
+        cfg = self.final_config_dict
+        metrics = cfg.get("metrics")
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics or [])
+        unknown = [m for m in metrics if str(m).lower() not in metric_types]
+        if unknown:
+            raise self._bad("metrics", f"names unknown metrics {unknown}: choose from "
+                                       f"{', '.join(sorted(metric_types))}.")
+        topk = cfg.get("topk")
+        ks = [topk] if isinstance(topk, int) and not isinstance(topk, bool) else topk
+        if not isinstance(ks, (list, tuple)) or not ks or any(
+                isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+            raise self._bad("topk", "must be a list of positive integers, e.g. [1, 5, 10].")
+        valid_metric = cfg.get("valid_metric")
+        if valid_metric is None or not metrics:
+            return
+        name, at, k = str(valid_metric).partition("@")
+        by_name = {str(m).lower(): m for m in metrics}
+        ranked = [m for m in metrics if _is_topk_metric(m)]
+        choices = [f"{m}@{n}" for m in ranked for n in ks] + [m for m in metrics if not _is_topk_metric(m)]
+        if name.lower() not in by_name:
+            raise self._bad("valid_metric", f"is not computed: {name} is not among metrics {metrics}; choose one "
+                                            f"of {', '.join(choices)}, or add {name} to metrics.")
+        if _is_topk_metric(name) and (not k.isdigit() or int(k) not in ks):
+            raise self._bad("valid_metric", f"is not computed: topk {list(ks)} has no {k or 'cut-off'}; choose one "
+                                            f"of {', '.join(choices)}, or add {k or 'the cut-off'} to topk.")
 
     def _init_device(self):
         """RecBole's device set-up, extended to torchrun and to CPUs (gloo); RecBole's own needs NCCL.

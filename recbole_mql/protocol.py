@@ -9,7 +9,9 @@ import os
 
 import yaml
 
-PROTOCOL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties", "protocol")
+from dataset_prep.resources import properties_dir
+
+PROTOCOL_DIR = os.path.join(properties_dir(), "protocol")
 
 
 class ProtocolError(ValueError):
@@ -43,7 +45,13 @@ def load_protocol(protocol):
         return {"path": None, "common": {}, "models": {}}
     path = protocol_path(protocol)
     with open(path, encoding="utf-8") as f:
-        content = yaml.safe_load(f) or {}
+        try:
+            content = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            raise ProtocolError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}. "
+                                f"Fix the file (properties/protocol/cpu.yaml shows the layout).") from None
     models = (content.pop("models", None) or {}) if isinstance(content, dict) else None
     if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
         raise ProtocolError(f"{path}: a protocol is a mapping of config keys plus an optional "

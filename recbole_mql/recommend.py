@@ -5,9 +5,11 @@ scores, code sentences and titles, from any checkpoint of the harness (plugin or
     user_history(loaded, "0")        # position, item_id, text_code, image_code, title
     top_k(loaded, "0", topk=10)      # rank, item_id, score, text_code, image_code, title
 
-The dataset is rebuilt from the config stored in the checkpoint, exactly as training built it, so
-internal ids match the weights. The recommendation reads the user's *whole* known history (the
-test item included): it answers "what next?", not the evaluation's held-out question.
+The dataset is rebuilt from the config stored in the checkpoint, exactly as training built it, and
+checked against the checkpoint's data fingerprint, so internal ids match the weights. The checkpoint
+is read weights-only (:mod:`recbole_mql.checkpoint`): nothing in it runs. The recommendation reads
+the user's *whole* known history (the test item included): it answers "what next?", not the
+evaluation's held-out question.
 """
 
 import os
@@ -19,7 +21,9 @@ import yaml
 from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
-from recbole_mql.compat import load_own_checkpoint
+from recbole_mql.checkpoint import (CheckpointMismatch, data_fingerprint, load_checkpoint_file, load_other_parameter,
+                                    load_weights)
+from recbole_mql.config import Config, ConfigSources
 from recbole_mql.data.preparation import load_data, prepare_atomic_files
 from recbole_mql.utils import get_model
 
@@ -71,29 +75,48 @@ def with_item_descriptions(config):
     config["load_col"] = {**load_col, "item": item_cols}
 
 
+def stored_config(values):
+    """A :class:`~recbole_mql.config.Config` holding the resolved values a checkpoint stored (as training
+    resolved them: nothing is looked up again in the property files)."""
+    config = Config.__new__(Config)
+    config.final_config_dict = dict(values)
+    config.model, config.dataset = values["model"], values["dataset"]
+    config.model_class = get_model(values["model"])
+    config.sources = ConfigSources()
+    config._init_parameters_category()
+    config.internal_config_dict, config.external_config_dict = {}, {}
+    return config
+
+
 def load_checkpoint(checkpoint, config_dict=None):
     """Rebuild dataset and model from ``checkpoint`` (its stored config, then ``config_dict``) and load the weights.
 
-    The checkpoint is unpickled in full (it stores RecBole's Config): pass only files your own training wrote.
+    The checkpoint is read weights-only; a dataset whose items or split differ from the checkpoint's
+    (converted again, or other filters) is refused: the weights would score other items.
     """
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"Checkpoint not found: {checkpoint}. Pass --checkpoint=PATH of a .pth file written "
-                                f"by training (saved/ or results/<dataset>/<run>/checkpoints/).")
-    state = load_own_checkpoint(checkpoint)
-    if not isinstance(state, dict) or "config" not in state or "state_dict" not in state:
-        raise ValueError(f"{checkpoint} is not a RecBole / recbole_mql training checkpoint (no stored config and "
-                         f"state_dict); pass the .pth written by run_recbole_mql.py.")
-    config = state["config"]
+    checkpoint = str(checkpoint)
+    state = load_checkpoint_file(checkpoint)
+    values = state["config"]
+    if not isinstance(values, dict) or "model" not in values or "dataset" not in values:
+        raise ValueError(f"{checkpoint} stores no resolved config (model, dataset); pass the .pth written by "
+                         f"run_recbole_mql.py.")
+    config = stored_config(values)
     apply_overrides(config, config_dict)
     prepare_atomic_files(config)
     with_item_descriptions(config)
-    dataset, train_data, _, _ = load_data(config)
+    dataset, train_data, valid_data, test_data = load_data(config)
+    stored = (state.get("identity") or {}).get("fingerprint")
+    if stored and stored != data_fingerprint(dataset, train_data, valid_data, test_data):
+        raise CheckpointMismatch(
+            f"{checkpoint} was trained on other data than {config['data_path']} now holds (items or split differ: "
+            f"converted again, or other filters); its weights would score other items. Use the data it was "
+            f"trained on (--data_path=...), or a checkpoint trained on this data.")
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    model.load_state_dict(state["state_dict"])
-    model.load_other_parameter(state.get("other_parameter"))
+    load_weights(model, state, checkpoint, config)
+    load_other_parameter(model, state)
     model.eval()
-    return LoadedCheckpoint(str(checkpoint), config, dataset, model)
+    return LoadedCheckpoint(checkpoint, config, dataset, model)
 
 
 # ------------------------------------------------------------------------------------- users

@@ -20,6 +20,43 @@ RANKS_COLUMNS = ["user_id", "item_id", "rank"]
 
 
 # ------------------------------------------------------------------------------ per-user ranks
+class RankRecorder:
+    """Wraps a trainer's evaluator and keeps the per-user top-k hit rows of the last evaluation
+    (RecBole's ``rec.topk``), from which :func:`ranks_from_topk` gives each user's rank."""
+
+    def __init__(self, evaluator):
+        self.evaluator, self.topk = evaluator, None
+
+    def evaluate(self, struct):
+        result = self.evaluator.evaluate(struct)
+        self.topk = struct.get("rec.topk").cpu().numpy() if "rec.topk" in struct._data_dict else None
+        return result
+
+
+def eval_users(eval_data):
+    """(user tokens, target item tokens) of a full-sort loader's rows, in evaluation order."""
+    dataset = eval_data._dataset
+    uid, iid = dataset.uid_field, dataset.iid_field
+    user_tokens, item_tokens = dataset.field2id_token[uid], dataset.field2id_token[iid]
+    if getattr(eval_data, "is_sequential", True):
+        users = dataset.inter_feat[uid].tolist()
+        targets = [[i] for i in dataset.inter_feat[iid].tolist()]
+    else:  # a general model's loader: one row per user, its test items (one under leave-one-out)
+        users = eval_data.uid_list.tolist()
+        targets = [sorted(eval_data.uid2positive_item[u].tolist()) for u in users]
+    return [user_tokens[u] for u in users], [" ".join(item_tokens[i] for i in t) for t in targets]
+
+
+def save_test_ranks(path, recorder, eval_data):
+    """Write the last evaluation's per-user ranks; returns ``path``, or None where RecBole kept no
+    per-user rows for every user (a metric without top-k, or RecBole's padded distributed sampler)."""
+    users, items = eval_users(eval_data)
+    if recorder.topk is None or len(recorder.topk) != len(users):
+        return None
+    write_ranks(path, users, items, ranks_from_topk(recorder.topk))
+    return path
+
+
 def ranks_from_topk(topk_hits):
     """RecBole's ``rec.topk`` rows ``[users, k + 1]`` (hit flags of the top-k, then the number of
     positives) -> the rank of the first hit per user (1-based; 0: not in the top-k)."""

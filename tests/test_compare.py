@@ -42,12 +42,26 @@ def workdir(tmp_path_factory):
         yield root
 
 
+def failing(model, run=None):
+    """``run_recbole_mql`` (or ``run``) that raises for ``model``: a model failing mid-comparison."""
+    run = run or run_recbole_mql
+
+    def runner(name, *args, **kwargs):
+        if name == model:
+            raise RuntimeError(f"{model} broke down")
+        return run(name, *args, **kwargs)
+
+    return runner
+
+
 @pytest.fixture(scope="module")
 def comparison(workdir):
-    """Pop, SASRec, FDSA and an unknown model on Instruments, with the published numbers."""
-    return run_comparison(["Pop", "SASRec", "FDSA", "NoSuchModel"], "Instruments",
-                          config_dict=tiny_config(str(workdir / "data")), results_dir=str(workdir / "results"),
-                          with_reference=True)
+    """Pop, SASRec, FDSA and a model that fails (GRU4Rec, made to) on Instruments, with the published numbers."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compare, "run_recbole_mql", failing("GRU4Rec"))
+        return run_comparison(["Pop", "SASRec", "FDSA", "GRU4Rec"], "Instruments",
+                              config_dict=tiny_config(str(workdir / "data")), results_dir=str(workdir / "results"),
+                              with_reference=True)
 
 
 def read_csv(path):
@@ -58,9 +72,9 @@ def read_csv(path):
 def test_comparison_writes_table_plot_logs_and_configs(comparison):
     run_dir = comparison["run_dir"]
     rows = read_csv(os.path.join(run_dir, "results.csv"))
-    assert list(rows[0]) == compare.COLUMNS
+    assert list(rows[0]) == compare.COLUMNS + compare.CI_COLUMNS
     assert [(r["model"], r["status"]) for r in rows] == [
-        ("Pop", "ok"), ("SASRec", "ok"), ("FDSA", "ok"), ("NoSuchModel", "failed")]
+        ("Pop", "ok"), ("SASRec", "ok"), ("FDSA", "ok"), ("GRU4Rec", "failed")]
     for row in rows[:3]:
         assert 0 <= float(row["NDCG@10"]) <= float(row["HR@10"]) <= 1 and int(row["parameter count"]) > 0
         assert os.path.isfile(os.path.join(run_dir, f"{row['model']}.log"))
@@ -83,10 +97,10 @@ def test_fdsa_embeds_both_code_fields(comparison):
 
 def test_failed_model_is_a_row_not_the_end(comparison):
     failed = comparison["rows"][3]
-    assert failed["status"] == "failed" and "Unknown model 'NoSuchModel'" in failed["error"]
+    assert failed["status"] == "failed" and "RuntimeError: GRU4Rec broke down" in failed["error"]
     assert "\n" not in failed["error"] and failed["HR@10"] is None
-    with open(os.path.join(comparison["run_dir"], "NoSuchModel.log")) as f:
-        assert "UnknownModelError" in f.read()
+    with open(os.path.join(comparison["run_dir"], "GRU4Rec.log")) as f:
+        assert "GRU4Rec broke down" in f.read()
 
 
 def test_reference_rows_and_ratios(comparison):
@@ -99,14 +113,16 @@ def test_reference_rows_and_ratios(comparison):
     assert "## Published numbers" in comparison["report"] and "MACRec (AAAI 2026)" in comparison["report"]
 
 
-def spy_runs(monkeypatch, interrupt=None):
-    """Record the models run_comparison trains; raise KeyboardInterrupt for ``interrupt``."""
+def spy_runs(monkeypatch, interrupt=None, fail=None):
+    """Record the models run_comparison trains; raise KeyboardInterrupt for ``interrupt``, an error for ``fail``."""
     ran = []
 
     def run(model, *args, **kwargs):
         ran.append(model)
         if model == interrupt:
             raise KeyboardInterrupt
+        if model == fail:
+            raise RuntimeError(f"{model} broke down")
         return run_recbole_mql(model, *args, **kwargs)
 
     monkeypatch.setattr(compare, "run_recbole_mql", run)
@@ -114,11 +130,12 @@ def spy_runs(monkeypatch, interrupt=None):
 
 
 def test_resume_skips_finished_models(comparison, workdir, monkeypatch):
-    ran = spy_runs(monkeypatch)
-    again = run_comparison(["Pop", "SASRec", "FDSA", "NoSuchModel"], "Instruments",
+    ran = spy_runs(monkeypatch, fail="GRU4Rec")
+    again = run_comparison(["Pop", "SASRec", "FDSA", "GRU4Rec"], "Instruments",
                            config_dict=tiny_config(str(workdir / "data")), resume_dir=comparison["run_dir"],
                            with_reference=True)
-    assert ran == []  # NoSuchModel failed before run_recbole_mql, again
+    assert ran == ["GRU4Rec"]  # only the failed model runs again
+    assert again["rows"][3]["status"] == "failed"
     assert [r["HR@10"] for r in again["rows"][:3]] == [r["HR@10"] for r in comparison["rows"][:3]]
 
 
@@ -261,3 +278,27 @@ def test_cli_compare_and_recommend(comparison, workdir, capsys):
     assert cli_main(["--compare=Pop,SASRec", "--dataset=Instruments", "--nproc=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--compare runs in one process" in err[0]
+
+
+def test_per_user_ranks_intervals_and_paired_tests(workdir):
+    """Every model's per-user ranks give back RecBole's metrics to the last digit; the table carries
+    bootstrap intervals and significance.md the paired tests against the baseline."""
+    from recbole_mql.significance import metrics_from_ranks, read_ranks
+
+    result = run_comparison(["Pop", "TIGER"], "Instruments", baseline="Pop",
+                            config_dict=tiny_config(str(workdir / "data"), **TINY_T5),
+                            results_dir=str(workdir / "results_stats"))
+    run_dir = result["run_dir"]
+    for row in result["rows"]:
+        assert row["status"] == "ok", row["error"]
+        users, items, ranks = read_ranks(os.path.join(run_dir, f"{row['model']}.ranks.csv.gz"))
+        assert len(users) == 300 and all(items)
+        assert metrics_from_ranks(ranks, list(row["test_result"])) == row["test_result"]
+        assert row["NDCG@10 low"] <= row["NDCG@10"] <= row["NDCG@10 high"]
+    assert [r["scoring"] for r in result["rows"]] == ["", "strict"]
+    with open(os.path.join(run_dir, "significance.md")) as f:
+        text = f.read()
+    assert "| TIGER | Pop | ndcg@10 |" in text and "Holm" in text
+    tests = read_csv(os.path.join(run_dir, "significance.csv"))
+    assert len(tests) == 5 and all(0 < float(t["p_permutation"]) <= 1 for t in tests)
+    assert "±" in result["report"]

@@ -84,7 +84,9 @@ def test_two_processes_give_the_single_process_run(data_path, tmp_path):
     # the same global batches and synchronised gradients: every epoch's token loss matches (ranks
     # training apart, or on other samples, would drift by percents)
     losses = [[float(x) for x in re.findall(r"train loss: ([0-9.]+)", log)] for log in (single, dist)]
-    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-4)
+    # (rel 3e-4: summation-order noise that Adam grows over 3 epochs reached 1.5e-4 with the optimiser's
+    # parameter groups; a rank training apart drifts by percents)
+    assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=3e-4)
     # the weights differ by floating-point summation order only (Adam turns that noise into steps of
     # up to lr on near-zero gradients), so at most one user's ranking may move
     for label in ("best valid ", "test result"):

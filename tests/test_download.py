@@ -57,15 +57,6 @@ def server():
     httpd.shutdown()
 
 
-@pytest.fixture
-def shared_data():
-    from conftest import SHARED_DATA
-
-    if not os.path.isdir(os.path.join(SHARED_DATA, "Instruments")):
-        pytest.skip(f"needs the real data in {SHARED_DATA}")
-    return SHARED_DATA
-
-
 def _pin(body):
     return Pin(len(body), hashlib.sha256(body).hexdigest())
 
@@ -132,6 +123,7 @@ def test_unknown_dataset_says_what_to_pass(tmp_path):
         download.download_dataset("NoSuchData", cache_dir=str(tmp_path))
 
 
+@pytest.mark.full_data
 def test_instruments_from_a_mirror_is_byte_identical(server, tmp_path, shared_data):
     """The pins are the authors' files: the shared copies pass them (served by a loopback mirror)."""
     folder = os.path.join(shared_data, "Instruments")

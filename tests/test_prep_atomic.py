@@ -9,7 +9,7 @@ import pytest
 from dataset_prep.cli import main as prep_main
 from dataset_prep.atomic import convert, ensure_atomic_files
 from dataset_prep.io import PrepError
-from tests.conftest import source_dir
+from tests.conftest import fixture_dir, source_dir
 
 
 def read_atomic(path):
@@ -18,6 +18,7 @@ def read_atomic(path):
         return header, [line.rstrip("\n").split("\t") for line in f]
 
 
+@pytest.mark.full_data
 def test_instruments_atomic_files(instruments_atomic):
     folder = os.path.join(instruments_atomic, "Instruments")
     header, rows = read_atomic(os.path.join(folder, "Instruments.inter"))
@@ -45,6 +46,44 @@ def test_instruments_atomic_files(instruments_atomic):
     assert sum(s != "<e_0>" for s in suffixes) == 262
 
 
+def test_instruments_slice_atomic_files(instruments_small_atomic):
+    """The shipped slice (600 users) converts as the whole data does (test above, full_data)."""
+    from collections import Counter
+
+    folder = os.path.join(instruments_small_atomic, "Instruments")
+    header, rows = read_atomic(os.path.join(folder, "Instruments.inter"))
+    assert header == ["user_id:token", "item_id:token", "timestamp:float"]
+    with open(os.path.join(fixture_dir("Instruments"), "Instruments.inter.json")) as f:
+        sequences = json.load(f)
+    assert len(rows) == sum(map(len, sequences.values())) == 6583
+    first_user = [r for r in rows if r[0] == "5"]
+    assert [int(r[1]) for r in sorted(first_user, key=lambda r: float(r[2]))] == sequences["5"]
+
+    header, items = read_atomic(os.path.join(folder, "Instruments.item"))
+    assert header == ["item_id:token", "text_code:token_seq", "image_code:token_seq"]
+    assert len(items) == 2923
+    text = {r[0]: r[1] for r in items}
+    image = {r[0]: r[2] for r in items}
+    assert len(set(text.values())) == len(set(image.values())) == 2923
+    with open(os.path.join(fixture_dir("Instruments"), "Instruments.index_vitemb.json")) as f:
+        assert image["0"].split() == json.load(f)["0"]
+    with open(os.path.join(fixture_dir("Instruments"), "Instruments.index_lemb.json")) as f:
+        shared = Counter(tuple(code) for code in json.load(f).values())
+    suffixes = [t.split()[-1] for t in text.values()]
+    assert all(s.startswith("<e_") for s in suffixes)
+    assert sum(s != "<e_0>" for s in suffixes) == sum(n - 1 for n in shared.values()) > 0
+
+
+def test_scientific_slice_has_title(tmp_path):
+    summary = convert("Scientific", fixture_dir("Scientific"), str(tmp_path))
+    assert summary["items"] == 856 and summary["text_colliding_items"] == 0
+    header, items = read_atomic(tmp_path / "Scientific" / "Scientific.item")
+    assert header == ["item_id:token", "text_code:token_seq", "title:token_seq"]
+    assert items[0][2].startswith("SUPCO SPP6 Relay")
+    assert all("\t" not in r[2] and r[2] for r in items)
+
+
+@pytest.mark.full_data
 def test_scientific_has_title(tmp_path):
     summary = convert("Scientific", source_dir("Scientific"), str(tmp_path))
     assert summary["items"] == 4344 and summary["text_colliding_items"] == 0
@@ -94,9 +133,9 @@ def test_collisions_error_rule_and_suffix_rule(tmp_path):
 
 def test_first_use_converts_from_env_source(tmp_path, monkeypatch):
     parent = tmp_path / "sources"
-    shutil.copytree(source_dir("Scientific"), parent / "Scientific")
+    shutil.copytree(fixture_dir("Scientific"), parent / "Scientific")
     monkeypatch.setenv("RECBOLE_MQL_SOURCE", str(parent))
-    assert ensure_atomic_files("Scientific", str(tmp_path / "data"))["items"] == 4344
+    assert ensure_atomic_files("Scientific", str(tmp_path / "data"))["items"] == 856  # the slice's items
     assert ensure_atomic_files("Scientific", str(tmp_path / "data")) is None  # already there
     monkeypatch.delenv("RECBOLE_MQL_SOURCE")
     with pytest.raises(PrepError, match="Dataset 'Nope' not found.*python -m dataset_prep Nope"):

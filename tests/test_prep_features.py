@@ -10,7 +10,7 @@ import torch
 
 from dataset_prep import image_features, text_features
 from dataset_prep.io import PrepError
-from tests.conftest import source_dir
+from tests.conftest import fixture_dir
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def minilm():
 
 @pytest.fixture(scope="module")
 def scientific_fields():
-    return text_features.item_fields(os.path.join(source_dir("Scientific"), "Scientific.item.json"))
+    return text_features.item_fields(os.path.join(fixture_dir("Scientific"), "Scientific.item.json"))
 
 
 def test_text_features_shape_and_determinism(minilm, scientific_fields):

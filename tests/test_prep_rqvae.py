@@ -11,7 +11,7 @@ import torch
 from dataset_prep import collisions, rqvae, text_features
 from dataset_prep.io import PrepError
 from dataset_prep.cli import stage_main as main
-from tests.conftest import source_dir
+from tests.conftest import fixture_dir
 
 N_ITEMS = 256
 
@@ -19,7 +19,7 @@ N_ITEMS = 256
 @pytest.fixture(scope="module")
 def features():
     """MiniLM features [256, 384] of the first Scientific items (titles and descriptions, 32 tokens)."""
-    fields = text_features.item_fields(os.path.join(source_dir("Scientific"), "Scientific.item.json"))[:N_ITEMS]
+    fields = text_features.item_fields(os.path.join(fixture_dir("Scientific"), "Scientific.item.json"))[:N_ITEMS]
     tokenizer, model = text_features.load_text_encoder(text_features.default_model_path())
     return text_features.text_features(fields, tokenizer, model, batch_size=64, max_length=32, progress=False)
 

@@ -55,3 +55,30 @@ def item_code_table(dataset, modality, language):
             f"every item of a modality needs the same number of levels."
         )
     return torch.tensor(rows, dtype=torch.long)
+
+
+def has_collision_level(codes):
+    """Whether the last level of ``codes`` [rows, L] only tells apart items sharing the levels
+    before it (``dataset_prep``'s suffix rule: 0, 1, ... in increasing item id within each group of
+    equal prefixes, 0 for an item whose prefix is unique), as opposed to a level of the RQ-VAE."""
+    if codes.shape[1] < 2 or codes.shape[0] == 0:
+        return False
+    prefixes, group = torch.unique(codes[:, :-1], dim=0, return_inverse=True)
+    if prefixes.shape[0] == codes.shape[0]:
+        return False  # every prefix unique: nothing to tell apart
+    order = torch.argsort(group, stable=True)  # rows are in item order, so ranks follow item ids
+    sorted_groups = group[order]
+    starts = torch.searchsorted(sorted_groups, sorted_groups, side="left")
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(len(group)) - starts
+    return bool(torch.equal(rank, codes[:, -1]))
+
+
+def shared_code_rows(codes):
+    """LongTensor [rows]: for each row, the first row with the same code once a collision level is
+    dropped (the code string the authors' evaluation compares); each row itself otherwise."""
+    base = codes[:, :-1] if has_collision_level(codes) else codes
+    _, group = torch.unique(base, dim=0, return_inverse=True)
+    first = torch.full((int(group.max()) + 1 if len(group) else 0,), len(group), dtype=torch.long)
+    first.scatter_reduce_(0, group, torch.arange(len(group)), reduce="amin")
+    return first[group]

@@ -7,6 +7,7 @@ from logging import getLogger
 from recbole.data import data_preparation
 
 from dataset_prep.atomic import ensure_atomic_files
+from dataset_prep.known import PrepOptions, needs_download, prepare_known_dataset
 from recbole_mql import distributed
 from recbole_mql.data.sequence_store import compact_dataset
 from recbole_mql.utils import create_dataset
@@ -17,14 +18,25 @@ class ItemFeaturesMissing(ValueError):
 
 
 def prepare_atomic_files(config):
-    """Build ``<data_path>/<Dataset>`` from its source folder on first use (see dataset_prep.atomic)."""
+    """Build ``<data_path>/<Dataset>`` from its source folder on first use (see dataset_prep.atomic); with
+    no source folder, a known dataset is downloaded first (dataset_prep.known; rank 0 only)."""
     parent = os.path.dirname(os.path.normpath(config["data_path"]))
     summary = None
     if distributed.is_main_process():  # one writer; the other ranks wait for its files
-        summary = ensure_atomic_files(config["dataset"], parent, source=config["source"])
+        if needs_download(config["dataset"], parent, config["source"]):  # no local source: a known dataset
+            options = PrepOptions.from_config(config, progress=bool(config["show_progress"]))
+            summary = prepare_known_dataset(config["dataset"], parent, options)
+        else:
+            summary = ensure_atomic_files(config["dataset"], parent, source=config["source"], **code_limits(config))
     distributed.barrier()
     if summary:
         getLogger().info(f"dataset_prep: {summary}")
+
+
+def code_limits(config):
+    """The quantitative language's size where the model has one: a conversion refuses codes beyond it."""
+    keys = {"max_levels": "code_max_levels", "codebook_size": "codebook_size"}
+    return {arg: config[key] for arg, key in keys.items() if config[key] is not None}
 
 
 def check_item_features(config):

@@ -35,7 +35,7 @@ class TaskSamples:
     """Every prefix of every training sequence (RecBole's augmented train set) for the sequence
     tasks, and every item once per epoch for the alignment tasks (as the authors do)."""
 
-    def __init__(self, dataset, tasks, max_his_len, source=0, bucket_chunk=64):
+    def __init__(self, dataset, tasks, max_his_len, source=0, bucket_chunk=64, mixing="task"):
         feat = dataset.inter_feat
         list_field = dataset.iid_field + dataset.config["LIST_SUFFIX"]
         self.history = feat[list_field]
@@ -46,13 +46,27 @@ class TaskSamples:
         self.max_his_len = max_his_len
         self.bucket_chunk = bucket_chunk
         self.source = source
+        self.mixing = check_mixing(mixing)
+
+    def sequence_refs(self):
+        return torch.arange(len(self.target))
+
+    def kept_lengths(self, idx):
+        return self.lengths[idx].clamp(max=self.max_his_len)
+
+    def sequence_batch(self, task, idx):
+        return TaskBatch(task, self.target[idx], self.history[idx], self.lengths[idx], self.source)
 
     def epoch_batches(self, epoch, batch_size, seed):
         """The epoch's micro-batches, in a shuffled order that depends only on (seed, epoch).
 
         Sequence samples are sorted by history length inside chunks of ``bucket_chunk`` batches,
         so a batch pads to a similar length (padding to the longest wastes most of an epoch).
+        With ``mixing="mixed"`` a batch mixes the tasks' samples (see :func:`plan_mixed_epoch`).
         """
+        if self.mixing == "mixed":
+            return plan_mixed_epoch(self, epoch, batch_size, seed)
+
         def sequence_batches(task, gen):
             order = torch.randperm(len(self.target), generator=gen)
             kept = lambda idx: self.lengths[idx].clamp(max=self.max_his_len)  # noqa: E731
@@ -95,7 +109,7 @@ class StreamingTaskSamples:
     store's ``train_index`` (or ``valid_index`` with ``split="valid"``) samples, the item tasks every
     item once per epoch. Epoch plans hold sample positions only (see :class:`LazyTaskBatch`)."""
 
-    def __init__(self, store, tasks, max_his_len, source=0, bucket_chunk=64, split="train"):
+    def __init__(self, store, tasks, max_his_len, source=0, bucket_chunk=64, split="train", mixing="task"):
         if split not in ("train", "valid"):
             raise ValueError(f"split must be 'train' or 'valid', not {split!r}")
         self.store = store
@@ -105,10 +119,23 @@ class StreamingTaskSamples:
         self.max_his_len = max_his_len
         self.bucket_chunk = bucket_chunk
         self.source = source
+        self.mixing = check_mixing(mixing)
+
+    def sequence_refs(self):
+        return self.positions.long()
+
+    def kept_lengths(self, idx):
+        return self.store.kept_lengths(idx, self.max_his_len)
+
+    def sequence_batch(self, task, idx):
+        return LazyTaskBatch(task, idx, self.store, self.max_his_len, self.source)
 
     def epoch_batches(self, epoch, batch_size, seed):
         """The epoch's micro-batches (lazy for sequence tasks), shuffled by (seed, epoch) only,
         bucketed by kept history length as :meth:`TaskSamples.epoch_batches` does."""
+        if self.mixing == "mixed":
+            return plan_mixed_epoch(self, epoch, batch_size, seed)
+
         def sequence_batches(task, gen):
             n = len(self.positions)
             order = self.positions[torch.randperm(n, generator=gen, dtype=torch.int32 if n < 2 ** 31 else torch.int64)]
@@ -133,6 +160,59 @@ def plan_epoch(samples, epoch, batch_size, seed, sequence_batches):
             batches += [TaskBatch(task, chunk, source=samples.source) for chunk in order.split(batch_size)]
         else:
             batches += list(sequence_batches(task, gen))
+    order = torch.randperm(len(batches), generator=gen)
+    return [batches[i] for i in order]
+
+
+BATCH_MIXING = ("task", "mixed")
+
+
+def check_mixing(mixing):
+    if mixing not in BATCH_MIXING:
+        raise ValueError(f"batch_mixing={mixing!r}: use 'task' (one task a batch) or 'mixed' (the authors' "
+                         f"random batches over all tasks' samples).")
+    return mixing
+
+
+class MixedBatch:
+    """One micro-batch of samples of several tasks: one :class:`TaskBatch` (or lazy batch) a task."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.source = parts[0].source
+
+    def __len__(self):
+        return sum(len(p) for p in self.parts)
+
+    def to(self, device):
+        return MixedBatch([p.to(device) for p in self.parts])
+
+
+def plan_mixed_epoch(samples, epoch, batch_size, seed):
+    """The authors' batches: every sample of every task once, drawn at random into batches (each
+    batch mixing the tasks), sorted by kept history length inside chunks of ``bucket_chunk``
+    batches as :func:`bucketed` does (an item task's input is one item). Depends on (seed, epoch)."""
+    gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+    task_of, ref_of, length_of = [], [], []
+    for t, task in enumerate(samples.tasks):
+        if TASKS[task].item_task:
+            refs, lengths = samples.items, torch.ones(len(samples.items), dtype=torch.long)
+        else:
+            refs = samples.sequence_refs()
+            lengths = samples.kept_lengths(refs).long()
+        task_of.append(torch.full((len(refs),), t, dtype=torch.long))
+        ref_of.append(refs.long())
+        length_of.append(lengths)
+    task_of, ref_of, length_of = torch.cat(task_of), torch.cat(ref_of), torch.cat(length_of)
+    batches = []
+    for idx in bucketed(torch.randperm(len(ref_of), generator=gen), lambda i: length_of[i], batch_size,
+                        samples.bucket_chunk):
+        parts = []
+        for t in task_of[idx].unique().tolist():
+            task, refs = samples.tasks[t], ref_of[idx[task_of[idx] == t]]
+            parts.append(TaskBatch(task, refs, source=samples.source) if TASKS[task].item_task
+                         else samples.sequence_batch(task, refs))
+        batches.append(MixedBatch(parts))
     order = torch.randperm(len(batches), generator=gen)
     return [batches[i] for i in order]
 

@@ -3,6 +3,16 @@
 import torch
 
 
+def comparable_scores(mean_logprob, levels, score_length):
+    """A decoder's scores (summed code log-probability / ``levels``) as the authors' beam scores:
+    (sum of the code log-probs + the </s> log-prob) / ``score_length`` (their code levels + 1).
+
+    Both modalities then share one scale, so the ensemble's +1 for an item in both lists weighs the
+    same either way. A collision level stands where the authors' </s> is; without one the </s>
+    term is log 1 = 0 (our targets have no </s>)."""
+    return mean_logprob * (levels / score_length)
+
+
 def ensemble_rank(items_a, scores_a, items_b, scores_b):
     """Merge two ranked lists per user.
 

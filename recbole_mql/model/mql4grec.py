@@ -16,7 +16,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from recbole_mql.data.item_codes import CodeError, available_modalities
 from recbole_mql.data.tasks import TASKS
 from recbole_mql.model.beam_search import ConstrainedBeamSearch
-from recbole_mql.model.ensemble import ensemble_rank
+from recbole_mql.model.ensemble import comparable_scores, ensemble_rank
 from recbole_mql.model.tokenizer import EOS_ID, PAD_ID, ItemTokenizer, QuantitativeLanguage
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ class MQL4GRec(SequentialRecommender):
         language = QuantitativeLanguage(config["code_max_levels"], config["codebook_size"])
         self.t5 = build_backbone(config, len(language))
         self.tokenizer = ItemTokenizer(language, dataset, self.modalities, self.max_his_len)
+        # whose code groups the authors' collision scoring compares: the text codes where decoded
+        self.scoring_modality = "text" if "text" in self.eval_modalities else self.eval_modalities[0]
 
     @property
     def language(self):
@@ -168,6 +170,9 @@ class MQL4GRec(SequentialRecommender):
             decoder = ConstrainedBeamSearch(self.t5, self.tokenizer.level_ids[modality])
             trie = self.tokenizer.trie(modality, input_ids.device)
             rows, scores = decoder.search(input_ids, attention_mask, trie, self.beam_size)
+            # the decoder averages over the trie's levels; rescale to the authors' (sum + EOS) /
+            # (code levels + 1), so that the two modalities' scores meet the ensemble on one scale
+            scores = comparable_scores(scores, trie.num_levels, self.tokenizer.score_length[modality])
             ranked.append((self.tokenizer.items_of_rows(rows), scores))
         if len(ranked) == 2:
             return ensemble_rank(*ranked[0], *ranked[1])

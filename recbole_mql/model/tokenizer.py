@@ -12,7 +12,7 @@ model otherwise).
 import torch
 
 from dataset_prep.code_tokens import MODALITY_LETTERS, format_token, level_letter, parse_token
-from recbole_mql.data.item_codes import CodeError, item_code_table, real_items
+from recbole_mql.data.item_codes import CodeError, has_collision_level, item_code_table, real_items, shared_code_rows
 from recbole_mql.data.tasks import PREFIX_TOKENS
 from recbole_mql.model.prefix_trie import PrefixTrie
 
@@ -89,7 +89,7 @@ class ItemTokenizer(torch.nn.Module):
         super().__init__()
         self.language = language
         self.max_his_len = max_his_len
-        self.level_ids, self.tries = {}, {}
+        self.level_ids, self.tries, self.score_length = {}, {}, {}
         self.register_buffer("row_items", real_items(dataset.item_num), persistent=False)  # trie row -> item id
         for modality in modalities:
             codes = item_code_table(dataset, modality, language)  # [rows, L], row r = item row_items[r]
@@ -99,6 +99,19 @@ class ItemTokenizer(torch.nn.Module):
             self.register_buffer(f"tokens_{modality}", tokens, persistent=False)
             self.tries[modality] = PrefixTrie(codes)
             self.level_ids[modality] = level_ids
+            # The authors' targets are the code levels + </s>: a beam's score is (sum + EOS log-prob)
+            # / (levels + 1) in both modalities. Ours has no </s>; a collision level stands in its
+            # place where there is one, otherwise the </s> term is taken as log 1 = 0.
+            collision_level = has_collision_level(codes)
+            self.score_length[modality] = codes.shape[1] - int(collision_level) + 1
+            shared = torch.arange(dataset.item_num)
+            shared[self.row_items] = self.row_items[shared_code_rows(codes)]
+            self.register_buffer(f"shared_code_{modality}", shared, persistent=False)
+
+    def shared_code_items(self, modality):
+        """LongTensor [item_num]: each item's representative among the items whose ``modality`` code
+        is the same once the collision level is dropped (itself for an item with a code of its own)."""
+        return getattr(self, f"shared_code_{modality}")
 
     def item_tokens(self, items, modality):
         """LongTensor [batch, levels]: the code tokens ``items`` [batch] are generated as."""

@@ -13,24 +13,64 @@ from recbole.trainer import Trainer
 from recbole.utils import dict2str, early_stopping, set_color
 from tqdm import tqdm
 
-from dataset_prep.io import atomic_write
+from dataset_prep.io import atomic_copy
 
 from recbole_mql import distributed
-from recbole_mql.compat import load_own_checkpoint
-from recbole_mql.data.task_samples import TaskSamples
+from recbole_mql.checkpoint import (CheckpointError, CheckpointMismatch, load_checkpoint_file, load_weights,
+                                    save_checkpoint)
+from recbole_mql.data.task_samples import MixedBatch, TaskSamples
+from recbole_mql.model.mql4grec import merge_padded
+from recbole_mql.precision import resolve_autocast
 from recbole_mql.trainer.recbole_compat import RecBoleCompatMixin
 
 
-def warmup_cosine(optimizer, total_steps, warmup_steps):
-    """Linear warm-up to the base learning rate, then cosine decay to 0."""
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def warmup_schedule(optimizer, total_steps, warmup_steps, after="cosine"):
+    """Linear warm-up to the base learning rate, then cosine decay to 0 (fine-tuning) or a constant
+    rate (the authors' pre-training)."""
+    if after not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule={after!r}: use one of {', '.join(LR_SCHEDULES)}.")
 
     def factor(step):
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
+        if after == "constant":
+            return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# strict: an item is a hit only when it is the target (a collision level tells items apart);
+# shared_code: a predicted code counts for every item that has it (the authors' evaluation)
+COLLISION_SCORING = ("strict", "shared_code")
+
+
+def scores_by_shared_code(scores, positive_i, shared):
+    """The authors' collision scoring on a full-sort batch: ``scores`` [users, items] and targets
+    ``positive_i`` move to each item's representative ``shared`` [items] (the first item with its
+    code), the representative taking its group's best score, so the group's code is one entry of
+    the ranking and a hit for any of its items."""
+    shared = shared.to(scores.device)
+    merged = torch.full_like(scores, float("-inf"))
+    merged.scatter_reduce_(1, shared.expand_as(scores), scores, reduce="amax")
+    return merged, shared[positive_i.to(scores.device)].to(positive_i.device)
+
+
+def parameter_groups(model):
+    """(decayed, not decayed) parameters: biases and normalisation weights take no weight decay."""
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        is_norm = "norm" in type(module).__name__.lower()
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue  # tied weights are listed once
+            seen.add(id(param))
+            (no_decay if is_norm or name == "bias" else decay).append(param)
+    return decay, no_decay
 
 
 class GenerativeTrainer(RecBoleCompatMixin, Trainer):
@@ -39,7 +79,11 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
         self.accumulation = config["gradient_accumulation_steps"]
-        self.autocast = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(config["autocast_dtype"]))
+        self.autocast, why = resolve_autocast(config["autocast_dtype"], self.device)
+        self.logger.info(f"training precision: {why}")
+        self.collision_scoring = config["collision_scoring"] or "strict"
+        if self.collision_scoring not in COLLISION_SCORING:
+            raise ValueError(f"collision_scoring={self.collision_scoring!r}: use one of {', '.join(COLLISION_SCORING)}.")
         self.scheduler = None
         self.samples = None
         self._pending_scheduler_state = None
@@ -56,18 +100,25 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
             self.evaluator = GatheredEvaluator(self.evaluator, self.device)
 
     def _build_optimizer(self, **kwargs):
-        return torch.optim.AdamW(self.model.parameters(), lr=self.config["learning_rate"],
-                                 weight_decay=self.config["weight_decay"])
+        """AdamW as the HF Trainer builds it: weight decay on weights, none on biases and LayerNorm."""
+        decay, no_decay = parameter_groups(self.model)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": self.config["weight_decay"]},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.config["learning_rate"])
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """Train with early stopping on ``valid_metric`` (decoded); returns (best score, best result).
 
         Keeps the best checkpoint (``saved_model_file``) and the last one (``<model>-<dataset>-last.pth``,
-        for ``--resume=last``), both written atomically.
+        for ``--resume=last``), both written atomically. A resumed run that had finished (stopped early,
+        or no epoch left) trains nothing and writes nothing: the test reads its best checkpoint as it is.
         """
+        if self._resumed and (self.stopped_early or self.start_epoch >= self.epochs):
+            why = "stopped early" if self.stopped_early else "no epoch left"
+            self.logger.info(f"The resumed run had finished ({why}, best epoch {self.best_epoch}): testing "
+                             f"{self.saved_model_file} as it is.")
+            return self.best_valid_score, self.best_valid_result
         self._prepare_schedule(train_data)
-        if saved and self.start_epoch >= self.epochs:
-            self._save_checkpoint(-1, verbose=verbose)
+        self._fit_start = time.time()
         for epoch in range(self.start_epoch, self.epochs):
             start = time.time()
             loss = self._train_epoch(train_data, epoch, show_progress=show_progress)
@@ -80,8 +131,9 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
                     self._save_checkpoint(epoch, verbose=verbose)
             elif (epoch + 1) % self.eval_step == 0:
                 stop = self._validate(valid_data, epoch, saved, verbose, show_progress)
+            self.stopped_early = stop  # the last state says whether the run is over
             if self.rank == 0:
-                atomic_save(self._state(epoch), self.last_model_file)
+                save_checkpoint(self._checkpoint_state(epoch), self.last_model_file)
             if callback_fn:
                 callback_fn(epoch, self.best_valid_score)
             if stop:
@@ -107,7 +159,8 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
         return stop
 
     def _build_samples(self, train_data):
-        return [TaskSamples(train_data._dataset, self.model.tasks, self.model.max_his_len)]
+        return [TaskSamples(train_data._dataset, self.model.tasks, self.model.max_his_len,
+                            mixing=self.config["batch_mixing"] or "task")]
 
     def _epoch_batches(self, epoch):
         """This epoch's micro-batches of every source, shuffled together (depends on seed and epoch only)."""
@@ -125,7 +178,7 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
         steps = math.ceil(len(self._epoch_batches(0)) / self.accumulation)
         total = steps * self.epochs
         warmup = int(self.config["warmup_ratio"] * total)
-        self.scheduler = warmup_cosine(self.optimizer, total, warmup)
+        self.scheduler = warmup_schedule(self.optimizer, total, warmup, self.config["lr_schedule"] or "cosine")
         if self._pending_scheduler_state is not None:
             self.scheduler.load_state_dict(self._pending_scheduler_state)
             # a new LambdaLR has just written lr(step 0) into the optimizer: restore the resumed one
@@ -163,6 +216,12 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
             self.optimizer.step()
             self.scheduler.step()
             seen += sum(len(b) for b in group)
+            if epoch_idx == self.start_epoch and step + 1 == min(200, len(groups)):  # what the budget will take
+                per_epoch, left = (time.time() - start) / (step + 1) * len(groups), self.epochs - epoch_idx
+                self.logger.info(f"measured {per_epoch / 60:.1f} min an epoch ({step + 1} of {len(groups)} steps in "
+                                 f"{time.time() - start:.0f}s): {left} epochs take ~{per_epoch * left / 3600:.1f} h of training "
+                                 f"+ {left // max(self.eval_step, 1)} validations of {self.config['valid_users'] or 'all'} "
+                                 f"users (early stopping may end sooner; on a CPU use --protocol=cpu)")
             if show_progress:
                 progress.set_postfix_str(f"loss {total_loss / total_tokens:.4f}, {seen / (time.time() - start):.0f} samples/s")
         total_loss = distributed.all_reduce_sum(total_loss, self.device)
@@ -191,7 +250,10 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
 
     def _task_inputs(self, batch):
         batch = batch.to(self.device)
-        return self._source_model(batch.source).task_inputs(batch.task, batch.history, batch.lengths, batch.target)
+        model = self._source_model(batch.source)
+        if isinstance(batch, MixedBatch):
+            return merge_padded([model.task_inputs(p.task, p.history, p.lengths, p.target) for p in batch.parts])
+        return model.task_inputs(batch.task, batch.history, batch.lengths, batch.target)
 
     def _source_model(self, source):
         return self.model
@@ -220,6 +282,16 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
     def _valid_epoch(self, valid_data, show_progress=False):
         return super()._valid_epoch(self._validation_users(valid_data), show_progress)
 
+    def _full_sort_batch_eval(self, batched_data):
+        """RecBole's full-sort batch; with ``collision_scoring: shared_code`` (the authors' scoring)
+        every item is replaced by the representative of the items sharing its code, so a predicted
+        shared code is a hit for each of them, and counts once in the top-k."""
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self.collision_scoring == "shared_code":
+            shared = self.model.tokenizer.shared_code_items(self.model.scoring_modality)
+            scores, positive_i = scores_by_shared_code(scores, positive_i, shared)
+        return interaction, scores, positive_u, positive_i
+
     def _validation_users(self, valid_data):
         """A fixed, seeded sample of ``valid_users`` users (all when 0), so epochs stay affordable."""
         wanted = self.config["valid_users"] or 0
@@ -236,30 +308,21 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
         return self._valid_subset
 
     # --------------------------------------------------------------------------- checkpoints
-    def _state(self, epoch):
+    _resumed = False
+    stopped_early = False
+
+    def _checkpoint_state(self, epoch):
+        """Every checkpoint's keys (:class:`~recbole_mql.trainer.recbole_compat.CheckpointMixin`) plus what
+        resuming needs. The best model's file name is stored, never its path: a resumed run writes into
+        its own ``checkpoint_dir`` (a copied run never writes into the original)."""
         return {
-            "config": self.config,
-            "epoch": epoch,
-            "cur_step": self.cur_step,
-            "best_valid_score": self.best_valid_score,
-            "state_dict": self.model.state_dict(),
-            "other_parameter": self.model.other_parameter(),
-            "optimizer": self.optimizer.state_dict(),
+            **super()._checkpoint_state(epoch),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "language": self.model.language.state(),
-            "best_model_file": self.saved_model_file,
+            "best_model_name": os.path.basename(self.saved_model_file),
+            "stopped_early": self.stopped_early,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
         }
-
-    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        """Best checkpoint (RecBole calls this when validation improves), written atomically by rank 0."""
-        self.best_epoch = epoch
-        path = kwargs.pop("saved_model_file", self.saved_model_file)
-        if self.rank != 0:
-            return
-        atomic_save(self._state(epoch), path)
-        if verbose:
-            self.logger.info(set_color("Saving current", "blue") + f": {path}")
 
     def resume_checkpoint(self, resume_file):
         """Resume from a checkpoint (``--resume=PATH``, or ``--resume=last`` for this model and dataset)."""
@@ -268,23 +331,47 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
         super().resume_checkpoint(resume_file)
 
     def _restore(self, checkpoint, resume_file):
+        default_best = self.saved_model_file
         super()._restore(checkpoint, resume_file)
-        # keep writing the best model where the interrupted run did, never over the last-state file
-        self.saved_model_file = checkpoint.get("best_model_file") or self.saved_model_file
+        self._resumed = True
+        self.stopped_early = bool(checkpoint.get("stopped_early"))
+        # the best model keeps its name, in this run's checkpoint_dir; never the last-state file
+        name = checkpoint.get("best_model_name") or os.path.basename(str(checkpoint.get("best_model_file") or ""))
+        self.saved_model_file = os.path.join(self.checkpoint_dir, name) if name else default_best
         if os.path.abspath(self.saved_model_file) == os.path.abspath(self.last_model_file):
             self.saved_model_file = self.last_model_file.replace("-last.pth", "-best.pth")
+        self._adopt_best_model(resume_file)
         self._pending_scheduler_state = checkpoint.get("scheduler")
         if checkpoint.get("rng"):
-            torch.set_rng_state(checkpoint["rng"]["torch"])
-            np.random.set_state(checkpoint["rng"]["numpy"])
+            torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
+            np.random.set_state(tuple(checkpoint["rng"]["numpy"]))
+
+    def _adopt_best_model(self, resume_file):
+        """A run resumed from another folder (a copy) starts with its best model copied into this run's
+        ``checkpoint_dir``; a finished run must have one."""
+        beside = os.path.join(os.path.dirname(os.path.abspath(resume_file)), os.path.basename(self.saved_model_file))
+        if self.rank == 0 and not os.path.isfile(self.saved_model_file) and os.path.isfile(beside):
+            atomic_copy(beside, self.saved_model_file)
+            self.logger.info(f"best model so far copied from {beside} to {self.saved_model_file}")
+        distributed.barrier()
+        if self.best_epoch is not None and not os.path.isfile(self.saved_model_file):
+            raise CheckpointError(
+                f"{resume_file}: the best checkpoint of that run ({os.path.basename(self.saved_model_file)}, epoch "
+                f"{self.best_epoch}) is neither in {self.checkpoint_dir} nor beside it; put it there, or start anew.")
 
     def load_pretrained(self, path):
         """Start from a pre-trained model's weights (same vocabulary and backbone sizes)."""
-        checkpoint = load_own_checkpoint(path, map_location=self.device)
+        checkpoint = load_checkpoint_file(path, map_location=self.device)
+        if "language" not in checkpoint:
+            model = (checkpoint.get("config") or {}).get("model")
+            raise CheckpointMismatch(
+                f"{path} is a checkpoint of {model}, not of a generative model (no quantitative language): pre-trained "
+                f"weights come from MQL4GRec or TIGER (--pretrain_datasets writes them).")
         if checkpoint.get("language") != self.model.language.state():
-            raise ValueError(f"{path}: its quantitative language {checkpoint.get('language')} differs from this "
-                             f"model's {self.model.language.state()}; use the same code_max_levels/codebook_size.")
-        self.model.load_state_dict(checkpoint["state_dict"])
+            raise CheckpointMismatch(
+                f"{path}: its quantitative language {checkpoint.get('language')} differs from this model's "
+                f"{self.model.language.state()}; use the same code_max_levels/codebook_size.")
+        load_weights(self.model, checkpoint, path, self.config)
         self.logger.info(f"Fine-tuning from pre-trained {path} (epoch {checkpoint['epoch']})")
 
 
@@ -300,7 +387,3 @@ class GatheredEvaluator:
             struct._data_dict[key] = distributed.gather_rows(struct._data_dict[key], self.device)
         return self.evaluator.evaluate(struct)
 
-
-def atomic_save(state, path):
-    with atomic_write(path, "wb") as f:
-        torch.save(state, f, pickle_protocol=4)

@@ -33,8 +33,16 @@ class PretrainTrainer(GenerativeTrainer):
         self.saved_model_file, self.last_model_file = stem + ".pth", stem + "-last.pth"
 
     def _samples(self, split):
-        return [StreamingTaskSamples(store, model.tasks, model.max_his_len, source=i, split=split)
-                for i, (model, store) in enumerate(zip(self.models, self.stores))]
+        """Training samples of every task, or the validation samples the best checkpoint is chosen
+        on: next-item (seqrec) only, as the authors', where a dataset has text codes."""
+        out = []
+        for i, (model, store) in enumerate(zip(self.models, self.stores)):
+            tasks = model.tasks
+            if split == "valid" and "seqrec" in tasks:
+                tasks = ["seqrec"]
+            out.append(StreamingTaskSamples(store, tasks, model.max_his_len, source=i, split=split,
+                                            mixing=self.config["batch_mixing"] or "task"))
+        return out
 
     def _build_samples(self, train_data):
         return self._samples("train")
@@ -44,8 +52,8 @@ class PretrainTrainer(GenerativeTrainer):
 
     @torch.no_grad()
     def _valid_epoch(self, valid_data, show_progress=False):
-        """(-loss, {"valid_loss": loss}): mean token loss of every task on every dataset's validation
-        samples (each user's second-to-last item)."""
+        """(-loss, {"valid_loss": loss}): mean token loss on every dataset's validation samples (each
+        user's second-to-last item), next-item task (seqrec) where the dataset has it."""
         self.model.eval()
         total, tokens = 0.0, 0
         for samples in self._samples("valid"):
