@@ -4,6 +4,8 @@ checkout or an editable install. Both sit at a fixed place relative to this pack
 
 import os
 
+import yaml
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # site-packages/ or the repository
 
 
@@ -15,3 +17,10 @@ def properties_dir():
             return folder
     raise FileNotFoundError(f"recbole_mql's property files are missing (looked in {', '.join(candidates)}): "
                             f"reinstall the package (pip install .) or run from a full checkout.")
+
+
+def yaml_keys(path):
+    """The top-level keys of a property file (none when it is not a mapping)."""
+    with open(path, encoding="utf-8") as f:
+        content = yaml.safe_load(f)
+    return set(content) if isinstance(content, dict) else set()

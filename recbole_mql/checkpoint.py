@@ -27,10 +27,12 @@ import sys
 import warnings
 
 import numpy as np
+import recbole
 import torch
 from recbole.utils import enum_type
 
 from dataset_prep.io import atomic_write
+from dataset_prep.resources import properties_dir, yaml_keys
 
 FORMAT = 2  # 1: pickled RecBole Config (before issue 15); 2: plain data
 # Enums of RecBole's resolved config (MODEL_TYPE, MODEL_INPUT_TYPE, eval_type), stored by name.
@@ -141,19 +143,11 @@ def config_dict(config):
 def model_property_keys(model):
     """Keys of the model's property files (RecBole's and this project's): its architecture and
     training knobs; named when weights do not fit."""
-    import recbole
-    import yaml
-
-    from recbole_mql import config as config_module
-
     keys = set()
-    for folder in (os.path.join(os.path.dirname(recbole.__file__), "properties"), config_module.PROPERTIES_DIR):
+    for folder in (os.path.join(os.path.dirname(recbole.__file__), "properties"), properties_dir()):
         path = os.path.join(folder, "model", f"{model}.yaml")
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                content = yaml.safe_load(f)
-            if isinstance(content, dict):
-                keys.update(content)
+            keys.update(yaml_keys(path))
     return keys
 
 

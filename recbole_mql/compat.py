@@ -6,7 +6,7 @@ Imported first by :mod:`recbole_mql`, before any RecBole module runs.
   (``np.float = np.float_``); the aliases are restored here, once.
 - torch >= 2.6 loads checkpoints weights-only by default, but RecBole's trainers pickle the whole
   ``Config`` into theirs. The trainers here store plain data instead (:mod:`recbole_mql.checkpoint`),
-  and every checkpoint is read weights-only: :func:`load_own_checkpoint` never runs code from a file.
+  and every checkpoint is read weights-only: :func:`recbole_mql.checkpoint.load_checkpoint_file` never runs code from a file.
 - ``recbole.quick_start`` imports ray (and with it ``pkg_resources``); the plugin never imports it.
 - ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
   when imported, and importing any RecBole sequential model (SASRec...) imports it: from then on
@@ -33,14 +33,6 @@ def patch_numpy():
     for name, value in _NUMPY_ALIASES.items():
         if not hasattr(np, name):
             setattr(np, name, value)
-
-
-def load_own_checkpoint(path, map_location="cpu"):
-    """A checkpoint read weights-only (:func:`recbole_mql.checkpoint.load_checkpoint_file`): tensors and
-    plain data, never code; anything else is refused with a clear error."""
-    from recbole_mql.checkpoint import load_checkpoint_file
-
-    return load_checkpoint_file(path, map_location=map_location)
 
 
 def import_recbole_module(name):

@@ -27,7 +27,7 @@ from recbole.config import Config as RecBoleConfig
 from recbole.evaluator import metric_types
 from recbole.utils import argument_list
 
-from dataset_prep.resources import properties_dir
+from dataset_prep.resources import properties_dir, yaml_keys
 from recbole_mql.distributed import init_process_group, process_device, recbole_launch, torchrun_launch
 from recbole_mql.precision import check_autocast_dtype
 from recbole_mql.protocol import ProtocolError, load_protocol, protocol_config
@@ -163,12 +163,8 @@ def known_config_keys():
     recbole_props = os.path.join(os.path.dirname(recbole.__file__), "properties")
     for pattern in (os.path.join(recbole_props, "**", "*.yaml"), os.path.join(PROPERTIES_DIR, "**", "*.yaml")):
         for path in glob.glob(pattern, recursive=True):
-            if os.path.basename(os.path.dirname(path)) in NOT_CONFIG_FOLDERS:
-                continue
-            with open(path, encoding="utf-8") as f:
-                content = yaml.safe_load(f)
-            if isinstance(content, dict):
-                keys.update(content)
+            if os.path.basename(os.path.dirname(path)) not in NOT_CONFIG_FOLDERS:
+                keys.update(yaml_keys(path))
     return keys
 
 

@@ -168,7 +168,7 @@ def test_resume_gives_the_same_next_step(data_path, tmp_path):
 def test_pretrain_then_finetune(data_path, tmp_path):
     """One backbone pre-trained on two domains (text-only Scientific, multimodal Instruments), then
     fine-tuned on Instruments from that checkpoint through run_recbole_mql."""
-    from recbole_mql.compat import load_own_checkpoint
+    from recbole_mql.checkpoint import load_checkpoint_file as load_own_checkpoint
     from recbole_mql.quick_start import run_pretraining, run_recbole_mql
 
     common = quiet_config(data_path=data_path, checkpoint_dir=str(tmp_path / "saved"), pretrain_epochs=1,
