@@ -34,6 +34,7 @@ USAGE = """usage:
                    a plot, each model's log and config to <results_dir>/<dataset>/<timestamp>/
   --baseline=NAME  paired tests of every model against NAME (default: every pair), marked in the table
   --bootstrap_resamples=N, --confidence=0.95   the bootstrap intervals and tests over users
+  --seeds=2020,2021,2022   every model once per seed; mean and spread over seeds (seeds.csv)
   --with_reference add the published numbers (properties/reference/<dataset>.yaml) and ours / published
   --resume_dir     a comparison folder to finish: models with a result there are not run again
   --recommend      print a user's history and top-k items from a checkpoint (--user: the user id token
@@ -115,7 +116,8 @@ def run_compare(flags):
     results_dir, resume_dir = flags.pop("results_dir", "results"), flags.pop("resume_dir", None)
     statistics = {"baseline": flags.pop("baseline", None),
                   "bootstrap_resamples": int(flags.pop("bootstrap_resamples", 1000)),
-                  "confidence": float(flags.pop("confidence", 0.95))}
+                  "confidence": float(flags.pop("confidence", 0.95)),
+                  "seeds": parse_seeds(flags.pop("seeds", None))}
     result = run_comparison(models, dataset, results_dir=results_dir, with_reference=with_reference,
                             resume_dir=resume_dir, sources=config_sources(flags), **statistics)
     failed = [row["model"] for row in result["rows"] if row["status"] == "failed"]
@@ -125,6 +127,16 @@ def run_compare(flags):
               file=sys.stderr)
         return 1
     return 0
+
+
+def parse_seeds(value):
+    """``"2020,2021"`` or ``"[2020, 2021]"`` -> ``[2020, 2021]``; None stays None."""
+    if value is None:
+        return None
+    parts = [p for p in str(value).strip("[]() ").replace(" ", "").split(",") if p]
+    if not parts or not all(p.lstrip("-").isdigit() for p in parts):
+        raise ValueError(f"--seeds={value}: give integers separated by commas, e.g. --seeds=2020,2021,2022.")
+    return [int(p) for p in parts]
 
 
 def run_recommend(flags):

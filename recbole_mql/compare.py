@@ -22,6 +22,7 @@ import gc
 import io
 import json
 import logging
+import math
 import os
 import time
 import traceback
@@ -36,8 +37,8 @@ from dataset_prep.io import atomic_write
 from recbole_mql.config import PROPERTIES_DIR, Config, ConfigSources, checked_protocol, load_yaml_file
 from recbole_mql.data.preparation import ItemFeaturesMissing, check_item_features
 from recbole_mql.protocol import ProtocolError, protocol_config, yaml_names
-from recbole_mql.significance import (aligned_ranks, interval_columns, ranks_file, significance_markdown,
-                                      significance_rows)
+from recbole_mql.significance import (aligned_ranks, holm, interval_columns, ranks_file, seed_spread,
+                                      significance_markdown, significance_rows)
 from recbole_mql.quick_start import TrainingInterrupted, run_recbole_mql
 from recbole_mql.utils import UnknownModelError, get_model
 
@@ -213,16 +214,18 @@ def unfinished_row(model, status, error):
     return row
 
 
-def run_model(model, dataset, run_dir, sources):
+def run_model(model, dataset, run_dir, sources, label=None):
     """Train and test one model; returns its row. Exceptions become a ``failed`` row (the traceback goes
-    to ``<model>.log`` and the row's JSON); KeyboardInterrupt stops the comparison, to be resumed."""
-    log_path = os.path.join(run_dir, f"{model}.log")
+    to ``<label>.log`` and the row's JSON); KeyboardInterrupt stops the comparison, to be resumed.
+    ``label`` names the run's files (``<Model>.seed<S>`` with several seeds; the model by default)."""
+    label = label or model
+    log_path = os.path.join(run_dir, f"{label}.log")
     config = None
     try:
         config = Config.from_sources(model, dataset, sources)
         with model_log(config, log_path):
             try:
-                write_config(config, os.path.join(run_dir, f"{model}.config.yaml"))
+                write_config(config, os.path.join(run_dir, f"{label}.config.yaml"))
                 check_item_features(config)
                 return result_row(model, run_recbole_mql(model, dataset, sources=sources))
             except ItemFeaturesMissing as e:  # cannot run on this dataset as configured; the message says the fix
@@ -318,6 +321,8 @@ def markdown_report(dataset, rows, ref_rows, reference, run_dir, stats=None):
     stats = stats or {}
     shown = [{**row, **{name: (row[name], _half(row, name), "*" if name in row.get("better", ()) else "")
                         for name in METRIC_NAMES if row.get(name) is not None}} for row in rows]
+    spread = [{**row, **{name: (row[name], row.get(f"{name} sd"), " (sd)") for name in METRIC_NAMES
+                         if row.get(name) is not None}} for row in stats.get("seed_rows") or []]
     parts = [f"# {dataset}: side-by-side comparison", "",
              f"Test metrics (full ranking, leave-one-out), one split and seed for every model. Folder: `{run_dir}`. "
              "Best epoch counts from 0, as RecBole's log does; seconds are wall time. "
@@ -327,7 +332,11 @@ def markdown_report(dataset, rows, ref_rows, reference, run_dir, stats=None):
                 if stats.get("baseline") else "")
              + ". Scoring: strict = a hit is the target item itself; shared_code = the authors' scoring (a predicted "
                "code counts for every item that has it).",
-             "", markdown_table(shown, COLUMNS)]
+             "", markdown_table(shown, ["seed"] + COLUMNS if spread else COLUMNS)]
+    if spread:
+        parts += ["", "## Over seeds", "", "Mean ± sample standard deviation over the seeds (training randomness); "
+                  "the rows above give each seed's interval over users.", "",
+                  markdown_table(spread, ["model"] + METRIC_NAMES)]
     if reference is not None:
         parts += ["", "## Published numbers", "", markdown_table(ref_rows, REFERENCE_COLUMNS), ""]
         parts += [f"- **{key}**: {citation}" for key, citation in reference["sources"].items()]
@@ -371,6 +380,44 @@ def plot_metrics(rows, ref_rows, path):
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
+def run_label(row):
+    """The name of a row's files: the model, or ``<Model>.seed<S>`` in a comparison over seeds."""
+    return row["model"] if row.get("seed") is None else f"{row['model']}.seed{row['seed']}"
+
+
+def seed_groups(runs):
+    """Run labels grouped by seed (one group without seeds), in table order."""
+    groups = {}
+    for label, row in runs.items():
+        groups.setdefault(row.get("seed"), []).append(label)
+    return list(groups.values())
+
+
+def adjust_over_all(tests, confidence):
+    """Holm-correct the p-values over every test of the comparison (all seeds together)."""
+    for key in ("p_permutation", "p_wilcoxon"):
+        for test, p in zip(tests, holm([t[key] for t in tests])):
+            test[key + "_holm"] = float(p)
+    for test in tests:
+        test["significant"] = bool(test["p_permutation_holm"] < 1.0 - confidence)
+
+
+def seed_summary(rows, seeds):
+    """One row per model: mean and sample standard deviation over its finished seeds."""
+    out = []
+    for model in dict.fromkeys(row["model"] for row in rows):
+        done = [r for r in rows if r["model"] == model and r["status"] == "ok"]
+        if not done:
+            continue
+        row = {"model": f"{model} (mean of {len(done)} of {len(seeds)} seeds)", "status": "ok",
+               "scoring": done[0].get("scoring", "")}
+        for name in METRIC_NAMES:
+            mean, sd = seed_spread([r.get(name) for r in done])
+            row[name], row[f"{name} sd"] = round(mean, 4), None if math.isnan(sd) else round(sd, 4)
+        out.append(row)
+    return out
+
+
 def _half(row, name):
     low, high = row.get(f"{name} low"), row.get(f"{name} high")
     return None if low is None or high is None else (high - low) / 2
@@ -379,25 +426,33 @@ def _half(row, name):
 def add_statistics(run_dir, rows, baseline=None, n_resamples=1000, confidence=0.95, seed=2020):
     """Bootstrap intervals per model and metric (into the rows), and the paired tests between the
     models whose per-user ranks were kept: significance.csv / .md; returns the test rows."""
-    files = {row["model"]: ranks_file(run_dir, row["model"]) for row in rows
-             if row["status"] == "ok" and os.path.isfile(ranks_file(run_dir, row["model"]))}
+    runs = {run_label(row): row for row in rows if row["status"] == "ok"}
+    files = {label: ranks_file(run_dir, label) for label in runs if os.path.isfile(ranks_file(run_dir, label))}
     if not files:
         return []
     ranks = aligned_ranks(files)
     metrics = [key for key, _ in METRICS]
-    for row in rows:
+    for label, row in runs.items():
         row["better"] = []
-        if row["model"] in ranks:
+        if label in ranks:
             for (key, name), (low, high) in zip(METRICS, interval_columns(
-                    ranks[row["model"]], metrics, n_resamples, confidence, seed).values()):
+                    ranks[label], metrics, n_resamples, confidence, seed).values()):
                 row[f"{name} low"], row[f"{name} high"] = round(low, 4), round(high, 4)
-    if len(ranks) < 2 or (baseline is not None and baseline not in ranks):
+    tests = []
+    for group in seed_groups(runs):  # models are paired on the same users *and* the same seed
+        group_ranks = {runs[label]["model"]: ranks[label] for label in group if label in ranks}
+        if len(group_ranks) >= 2 and (baseline is None or baseline in group_ranks):
+            seed_of = runs[group[0]].get("seed")
+            tests += [{**t, "seed": seed_of} if seed_of is not None else t
+                      for t in significance_rows(group_ranks, metrics, baseline, n_resamples, confidence, seed)]
+    if not tests:
         return []
-    tests = significance_rows(ranks, metrics, baseline, n_resamples, confidence, seed)
+    adjust_over_all(tests, confidence)
     names = dict(METRICS)
     for test in tests:
         if baseline and test["significant"] and test["difference"] > 0:
-            next(r for r in rows if r["model"] == test["model"])["better"].append(names[test["metric"]])
+            label = test["model"] if test.get("seed") is None else f"{test['model']}.seed{test['seed']}"
+            runs[label]["better"].append(names[test["metric"]])
     columns = list(tests[0])
     write_text(os.path.join(run_dir, "significance.csv"), csv_text(tests, columns))
     write_text(os.path.join(run_dir, "significance.md"),
@@ -415,7 +470,12 @@ def write_report(run_dir, dataset, rows, reference, stats=None):
     ref_rows = reference_rows(rows, reference) if reference is not None else []
     add_statistics(run_dir, rows, stats.get("baseline"), stats.get("bootstrap_resamples", 1000),
                    stats.get("confidence", 0.95))
-    write_text(os.path.join(run_dir, "results.csv"), csv_text(rows, COLUMNS + CI_COLUMNS))
+    seed_rows = stats.get("seed_rows")
+    write_text(os.path.join(run_dir, "results.csv"),
+               csv_text(rows, (["seed"] if seed_rows else []) + COLUMNS + CI_COLUMNS))
+    if seed_rows:
+        write_text(os.path.join(run_dir, "seeds.csv"),
+                   csv_text(seed_rows, ["model"] + [c for n in METRIC_NAMES for c in (n, f"{n} sd")]))
     if reference is not None:
         write_text(os.path.join(run_dir, "reference.csv"), csv_text(ref_rows, REFERENCE_COLUMNS))
     text = markdown_report(dataset, rows, ref_rows, reference, run_dir, stats)
@@ -473,14 +533,16 @@ def config_file_contents(files):
     return [plain(load_yaml_file(path)) for path in files]
 
 
-def model_sources(sources, protocol, model, dataset, run_dir):
-    """``sources`` for ``model``: checkpoints go into the results folder unless ``checkpoint_dir`` is
-    set, so that ``--recommend`` finds them beside the table; an interrupted run resumes."""
+def model_sources(sources, protocol, model, dataset, run_dir, seed=None):
+    """``sources`` for ``model`` (with ``seed``, when a comparison runs several): checkpoints go into
+    the results folder unless ``checkpoint_dir`` is set, so that ``--recommend`` finds them beside the
+    table (``checkpoints/seed<S>`` per seed); an interrupted run resumes."""
     given = {**protocol_config(protocol, model), **sources.config_dict}
-    extra = {}
+    extra = {} if seed is None else {"seed": seed}
     if "checkpoint_dir" not in given and "checkpoint_dir" not in sources.cmd_args:
-        extra["checkpoint_dir"] = os.path.join(run_dir, "checkpoints")
-    extra["ranks_file"] = ranks_file(run_dir, model)  # per-user test ranks: intervals and paired tests
+        extra["checkpoint_dir"] = os.path.join(run_dir, "checkpoints", *([] if seed is None else [f"seed{seed}"]))
+    label = model if seed is None else f"{model}.seed{seed}"
+    extra["ranks_file"] = ranks_file(run_dir, label)  # per-user test ranks: intervals and paired tests
     extra.update(interrupted_state(model, dataset, {**given, **extra}, sources.cmd_args))
     return sources.with_config_dict(extra)
 
@@ -507,7 +569,7 @@ def summary(row):
 
 def run_comparison(models, dataset, config_file_list=None, config_dict=None, results_dir="results",
                    with_reference=False, resume_dir=None, protocol=None, sources=None, baseline=None,
-                   bootstrap_resamples=1000, confidence=0.95):
+                   bootstrap_resamples=1000, confidence=0.95, seeds=None):
     """Train and test each of ``models`` on ``dataset`` in turn; write and print the table.
 
     Every model gets the same config sources (hence the same seed and split): ``sources`` (a
@@ -516,6 +578,8 @@ def run_comparison(models, dataset, config_file_list=None, config_dict=None, res
     Returns ``{"run_dir", "rows", "reference_rows", "report"}``; rows follow the order of ``models``.
     Every model's per-user test ranks are kept (``<Model>.ranks.csv.gz``): the table gives bootstrap
     intervals over users, and significance.md the paired tests (against ``baseline``, or every pair).
+    ``seeds`` (e.g. ``[2020, 2021, 2022]``) runs every model once per seed (files ``<Model>.seed<S>.*``),
+    pairs models within a seed, and adds the mean and spread over seeds (``seeds.csv``).
     """
     models = model_names(models)
     if baseline is not None and baseline not in models:
@@ -535,27 +599,34 @@ def run_comparison(models, dataset, config_file_list=None, config_dict=None, res
     settings = plain({"protocol": {k: protocol_spec[k] for k in ("common", "models")},
                       "config_files": config_file_contents(sources.config_file_list),
                       "config_dict": sources.config_dict, "cmd_args": sources.cmd_args})
+    seeds = [int(s) for s in seeds] if seeds else None
     manifest = {"dataset": dataset, "models": models, "protocol": sources.protocol, "settings": settings,
+                "seeds": seeds,
                 "config_file_names": list(sources.config_file_list), "resolved": resolved}
     write_json(os.path.join(run_dir, MANIFEST), checked_manifest(run_dir, manifest))
     rows = []
-    for i, model in enumerate(models, 1):
-        row = finished_row(run_dir, model)
+    runs = [(model, seed) for model in models for seed in (seeds or [None])]
+    for i, (model, seed) in enumerate(runs, 1):
+        label = model if seed is None else f"{model}.seed{seed}"
+        row = finished_row(run_dir, label)
         if row is not None:
-            print(f"[compare] {i}/{len(models)} {model}: finished earlier in {run_dir}, not run again")
+            print(f"[compare] {i}/{len(runs)} {label}: finished earlier in {run_dir}, not run again")
         else:
-            print(f"[compare] {i}/{len(models)} {model} on {dataset}: running")
+            print(f"[compare] {i}/{len(runs)} {label} on {dataset}: running")
             try:
                 row = run_model(model, dataset, run_dir,
-                                model_sources(sources, protocol_spec, model, dataset, run_dir))
+                                model_sources(sources, protocol_spec, model, dataset, run_dir, seed), label)
+                if seed is not None:
+                    row["seed"] = seed
             except KeyboardInterrupt:
                 raise TrainingInterrupted(
                     f"interrupted during {model}: run the same command with --resume_dir={run_dir} to go on (finished "
                     f"models are kept; MQL4GRec and TIGER continue from their last finished epoch).") from None
-            write_json(result_file(run_dir, model), row)
-        print(f"[compare] {model}: {summary(row)}")
+            write_json(result_file(run_dir, label), row)
+        print(f"[compare] {label}: {summary(row)}")
         rows.append(row)
-    stats = {"baseline": baseline, "bootstrap_resamples": bootstrap_resamples, "confidence": confidence}
+    stats = {"baseline": baseline, "bootstrap_resamples": bootstrap_resamples, "confidence": confidence,
+             "seed_rows": seed_summary(rows, seeds) if seeds else None}
     report, ref_rows = write_report(run_dir, dataset, rows, reference, stats)
     print(report)
     return {"run_dir": run_dir, "rows": rows, "reference_rows": ref_rows, "report": report}

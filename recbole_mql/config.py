@@ -40,7 +40,7 @@ PROPERTIES_DIR = properties_dir()
 HARNESS_KEYS = {
     "model", "dataset", "config_files", "source", "resume", "compare", "with_reference",
     "recommend", "checkpoint", "user", "results_dir", "protocol", "resume_dir",
-    "nproc", "world_size", "ip", "port", "offset", "local_rank", "baseline", "bootstrap_resamples", "confidence",
+    "nproc", "world_size", "ip", "port", "offset", "local_rank", "baseline", "bootstrap_resamples", "confidence", "seeds",
 }
 
 

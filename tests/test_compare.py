@@ -302,3 +302,29 @@ def test_per_user_ranks_intervals_and_paired_tests(workdir):
     tests = read_csv(os.path.join(run_dir, "significance.csv"))
     assert len(tests) == 5 and all(0 < float(t["p_permutation"]) <= 1 for t in tests)
     assert "±" in result["report"]
+
+
+def test_several_seeds_pair_within_a_seed_and_resume(workdir, monkeypatch):
+    """--seeds runs every model once per seed, gives mean and spread over seeds, and resumes."""
+    argv = ["--compare=Pop,SASRec", "--dataset=Instruments", "--seeds=2020,2021", "--baseline=Pop",
+            f"--data_path={workdir / 'data'}", f"--results_dir={workdir / 'results_seeds'}", "--epochs=1",
+            "--n_layers=1", "--hidden_size=32", "--inner_size=64", "--MAX_ITEM_LIST_LENGTH=20",
+            "--show_progress=False", "--state=WARNING"]
+    assert cli_main(argv) == 0
+    run_dir = next((workdir / "results_seeds" / "Instruments").iterdir())
+    rows = read_csv(run_dir / "results.csv")
+    assert [(r["model"], r["seed"]) for r in rows] == [
+        ("Pop", "2020"), ("Pop", "2021"), ("SASRec", "2020"), ("SASRec", "2021")]
+    for label in ("Pop.seed2020", "SASRec.seed2021"):
+        assert (run_dir / f"{label}.ranks.csv.gz").is_file() and (run_dir / f"{label}.log").is_file()
+    spread = read_csv(run_dir / "seeds.csv")
+    assert [r["model"] for r in spread] == ["Pop (mean of 2 of 2 seeds)", "SASRec (mean of 2 of 2 seeds)"]
+    import statistics
+
+    sasrec = [float(r["NDCG@10"]) for r in rows if r["model"] == "SASRec"]
+    assert float(spread[1]["NDCG@10"]) == pytest.approx(sum(sasrec) / 2, abs=1e-4)
+    assert float(spread[1]["NDCG@10 sd"]) == pytest.approx(statistics.stdev(sasrec), abs=1e-4)
+    tests = read_csv(run_dir / "significance.csv")
+    assert {(t["model"], t["versus"], t["seed"]) for t in tests} == {("SASRec", "Pop", "2020"), ("SASRec", "Pop", "2021")}
+    assert cli_main(argv + [f"--resume_dir={run_dir}"]) == 0  # finished runs are not run again
+    assert len(list(run_dir.glob("*.result.json"))) == 4
