@@ -37,7 +37,7 @@ from dataset_prep.io import atomic_write
 from recbole_mql.config import PROPERTIES_DIR, Config, ConfigSources, checked_protocol, load_yaml_file
 from recbole_mql.data.preparation import ItemFeaturesMissing, check_item_features
 from recbole_mql.protocol import ProtocolError, protocol_config, yaml_names
-from recbole_mql.significance import (aligned_ranks, holm, interval_columns, ranks_file, seed_spread,
+from recbole_mql.significance import (adjust_pvalues, aligned_ranks, interval_columns, ranks_file, seed_spread,
                                       significance_markdown, significance_rows)
 from recbole_mql.quick_start import TrainingInterrupted, run_recbole_mql
 from recbole_mql.utils import UnknownModelError, get_model
@@ -393,15 +393,6 @@ def seed_groups(runs):
     return list(groups.values())
 
 
-def adjust_over_all(tests, confidence):
-    """Holm-correct the p-values over every test of the comparison (all seeds together)."""
-    for key in ("p_permutation", "p_wilcoxon"):
-        for test, p in zip(tests, holm([t[key] for t in tests])):
-            test[key + "_holm"] = float(p)
-    for test in tests:
-        test["significant"] = bool(test["p_permutation_holm"] < 1.0 - confidence)
-
-
 def seed_summary(rows, seeds):
     """One row per model: mean and sample standard deviation over its finished seeds."""
     out = []
@@ -444,10 +435,11 @@ def add_statistics(run_dir, rows, baseline=None, n_resamples=1000, confidence=0.
         if len(group_ranks) >= 2 and (baseline is None or baseline in group_ranks):
             seed_of = runs[group[0]].get("seed")
             tests += [{**t, "seed": seed_of} if seed_of is not None else t
-                      for t in significance_rows(group_ranks, metrics, baseline, n_resamples, confidence, seed)]
+                      for t in significance_rows(group_ranks, metrics, baseline, n_resamples, confidence, seed,
+                                                 adjust=False)]
     if not tests:
         return []
-    adjust_over_all(tests, confidence)
+    adjust_pvalues(tests, confidence)  # Holm over every test of the comparison, all seeds together
     names = dict(METRICS)
     for test in tests:
         if baseline and test["significant"] and test["difference"] > 0:

@@ -203,9 +203,10 @@ def aligned_ranks(files):
     return ranks
 
 
-def significance_rows(ranks, metrics, baseline=None, n_resamples=1000, level=0.95, seed=2020):
+def significance_rows(ranks, metrics, baseline=None, n_resamples=1000, level=0.95, seed=2020, adjust=True):
     """Every pair of models (or every model against ``baseline``), every metric, with Holm-adjusted
-    p-values over all the comparisons made."""
+    p-values over all the comparisons made (``adjust=False``: left to the caller, who adjusts over a
+    larger family with :func:`adjust_pvalues`)."""
     models = list(ranks)
     if baseline is not None:
         if baseline not in ranks:
@@ -218,9 +219,14 @@ def significance_rows(ranks, metrics, baseline=None, n_resamples=1000, level=0.9
         for metric in metrics:
             row = paired_comparison(ranks[a], ranks[b], metric, n_resamples, level, seed)
             rows.append({"model": a, "versus": b, **row})
+    return adjust_pvalues(rows, level) if adjust else rows
+
+
+def adjust_pvalues(rows, level=0.95):
+    """Holm-adjust the p-values of ``rows`` over all of them (the family of comparisons made) and
+    mark the differences significant at ``level``; returns ``rows``."""
     for key in ("p_permutation", "p_wilcoxon"):
-        adjusted = holm([r[key] for r in rows]) if rows else []
-        for row, p in zip(rows, adjusted):
+        for row, p in zip(rows, holm([r[key] for r in rows])):
             row[key + "_holm"] = float(p)
     for row in rows:
         row["significant"] = bool(row["p_permutation_holm"] < 1.0 - level)

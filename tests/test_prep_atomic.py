@@ -18,13 +18,14 @@ def read_atomic(path):
         return header, [line.rstrip("\n").split("\t") for line in f]
 
 
-@pytest.mark.full_data
-def test_instruments_atomic_files(instruments_atomic):
-    folder = os.path.join(instruments_atomic, "Instruments")
+def check_instruments_atomic(data_path, source):
+    """What holds for any conversion of Instruments (whole or slice): fields, timestamps as positions,
+    published image codes kept, a collision level on every text code. Returns (rows, sequences,
+    text codes, suffixes) for the counts each test checks."""
+    folder = os.path.join(data_path, "Instruments")
     header, rows = read_atomic(os.path.join(folder, "Instruments.inter"))
     assert header == ["user_id:token", "item_id:token", "timestamp:float"]
-    assert len(rows) == 136226
-    with open(os.path.join(source_dir("Instruments"), "Instruments.inter.json")) as f:
+    with open(os.path.join(source, "Instruments.inter.json")) as f:
         sequences = json.load(f)
     # timestamps are positions: the user's rows read back in the source's order
     first_user = [r for r in rows if r[0] == "5"]
@@ -32,17 +33,21 @@ def test_instruments_atomic_files(instruments_atomic):
 
     header, items = read_atomic(os.path.join(folder, "Instruments.item"))
     assert header == ["item_id:token", "text_code:token_seq", "image_code:token_seq"]
-    assert len(items) == 6250
     text = {r[0]: r[1] for r in items}
     image = {r[0]: r[2] for r in items}
-    assert len(set(text.values())) == 6250, "text codes must be unique after disambiguation"
-    assert len(set(image.values())) == 6250
-    with open(os.path.join(source_dir("Instruments"), "Instruments.index_vitemb.json")) as f:
-        published = json.load(f)
-    assert image["0"].split() == published["0"]
-    # the 262 published collisions: 524 items carry <e_k>, k>0 for the later members of a group
+    assert len(set(text.values())) == len(set(image.values())) == len(items), "codes unique after disambiguation"
+    with open(os.path.join(source, "Instruments.index_vitemb.json")) as f:
+        assert image["0"].split() == json.load(f)["0"]
     suffixes = [t.split()[-1] for t in text.values()]
     assert all(s.startswith("<e_") for s in suffixes)
+    return rows, sequences, text, suffixes
+
+
+@pytest.mark.full_data
+def test_instruments_atomic_files(instruments_atomic):
+    rows, _, text, suffixes = check_instruments_atomic(instruments_atomic, source_dir("Instruments"))
+    assert len(rows) == 136226 and len(text) == 6250
+    # the 262 published collisions: 524 items carry <e_k>, k>0 for the later members of a group
     assert sum(s != "<e_0>" for s in suffixes) == 262
 
 
@@ -50,43 +55,20 @@ def test_instruments_slice_atomic_files(instruments_small_atomic):
     """The shipped slice (600 users) converts as the whole data does (test above, full_data)."""
     from collections import Counter
 
-    folder = os.path.join(instruments_small_atomic, "Instruments")
-    header, rows = read_atomic(os.path.join(folder, "Instruments.inter"))
-    assert header == ["user_id:token", "item_id:token", "timestamp:float"]
-    with open(os.path.join(fixture_dir("Instruments"), "Instruments.inter.json")) as f:
-        sequences = json.load(f)
-    assert len(rows) == sum(map(len, sequences.values())) == 6583
-    first_user = [r for r in rows if r[0] == "5"]
-    assert [int(r[1]) for r in sorted(first_user, key=lambda r: float(r[2]))] == sequences["5"]
-
-    header, items = read_atomic(os.path.join(folder, "Instruments.item"))
-    assert header == ["item_id:token", "text_code:token_seq", "image_code:token_seq"]
-    assert len(items) == 2923
-    text = {r[0]: r[1] for r in items}
-    image = {r[0]: r[2] for r in items}
-    assert len(set(text.values())) == len(set(image.values())) == 2923
-    with open(os.path.join(fixture_dir("Instruments"), "Instruments.index_vitemb.json")) as f:
-        assert image["0"].split() == json.load(f)["0"]
+    rows, sequences, text, suffixes = check_instruments_atomic(instruments_small_atomic, fixture_dir("Instruments"))
+    assert len(rows) == sum(map(len, sequences.values())) == 6583 and len(text) == 2923
     with open(os.path.join(fixture_dir("Instruments"), "Instruments.index_lemb.json")) as f:
         shared = Counter(tuple(code) for code in json.load(f).values())
-    suffixes = [t.split()[-1] for t in text.values()]
-    assert all(s.startswith("<e_") for s in suffixes)
     assert sum(s != "<e_0>" for s in suffixes) == sum(n - 1 for n in shared.values()) > 0
 
 
-def test_scientific_slice_has_title(tmp_path):
-    summary = convert("Scientific", fixture_dir("Scientific"), str(tmp_path))
-    assert summary["items"] == 856 and summary["text_colliding_items"] == 0
-    header, items = read_atomic(tmp_path / "Scientific" / "Scientific.item")
-    assert header == ["item_id:token", "text_code:token_seq", "title:token_seq"]
-    assert items[0][2].startswith("SUPCO SPP6 Relay")
-    assert all("\t" not in r[2] and r[2] for r in items)
-
-
-@pytest.mark.full_data
-def test_scientific_has_title(tmp_path):
-    summary = convert("Scientific", source_dir("Scientific"), str(tmp_path))
-    assert summary["items"] == 4344 and summary["text_colliding_items"] == 0
+@pytest.mark.parametrize("source,n_items", [
+    (lambda: fixture_dir("Scientific"), 856),
+    pytest.param(lambda: source_dir("Scientific"), 4344, marks=pytest.mark.full_data),
+], ids=["slice", "full"])
+def test_scientific_has_title(tmp_path, source, n_items):
+    summary = convert("Scientific", source(), str(tmp_path))
+    assert summary["items"] == n_items and summary["text_colliding_items"] == 0
     header, items = read_atomic(tmp_path / "Scientific" / "Scientific.item")
     assert header == ["item_id:token", "text_code:token_seq", "title:token_seq"]
     assert items[0][2].startswith("SUPCO SPP6 Relay")
