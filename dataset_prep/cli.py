@@ -36,6 +36,7 @@ import sys
 from dataset_prep import stages
 from dataset_prep.atomic import DEFAULT_ON_COLLISION, ON_COLLISION_CHOICES, SOURCE_ENV
 from dataset_prep.collisions import DEFAULT_MAKE_UNIQUE, MAKE_UNIQUE_CHOICES
+from dataset_prep.device import ACCEPTED as DEVICES, check_device, resolve_device
 from dataset_prep.io import PrepError
 from dataset_prep.resources import properties_dir
 
@@ -76,9 +77,10 @@ def convert_main(argv):
     known.add_argument("--images", help="Arts/Games: folder of <asin>.jpg (instead of, or the cache of, the download)")
     known.add_argument("--clip_arch", default="ViT-L-14")
     known.add_argument("--clip_weights", default="openai")
-    known.add_argument("--device", help="torch device of the stages (default: cpu)")
+    known.add_argument("--device", help=f"torch device of the stages: {DEVICES} (default: auto)")
     known.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
     args = parser.parse_args(argv)
+    _check_device(args.device)
     source = resolve_source(args.dataset, args.source)
     if source is not None:
         summary = convert(args.dataset, source, args.data_path, args.on_collision)
@@ -102,7 +104,9 @@ def _common(parser):
     parser.add_argument("--out", default="prep", help="work folder: <out>/<Name>/ and <out>/rqvae/ (default: prep)")
     parser.add_argument("--source_root", action="append", default=[env_root] if env_root else [],
                         help=f"folder holding <Name>/ with processed files; repeatable (default: ${SOURCE_ENV})")
-    parser.add_argument("--device", default=None, help="torch device (default: cpu; RQ-VAE: the YAML's)")
+    parser.add_argument("--device", default=None,
+                        help=f"torch device: {DEVICES} (default: auto; RQ-VAE: the YAML's device, auto in the "
+                             f"shipped files). One device and seed give one set of codes; a GPU's differ from a CPU's")
     parser.add_argument("--force", action="store_true", help="redo the stage(s) even if cached")
     parser.add_argument("--quiet", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument("--threads", type=int, default=None,
@@ -220,6 +224,8 @@ def rqvae_config(path, sets=None, device=None):
         if not sep:
             raise PrepError(f"--set {item!r}: expected key=value, e.g. --set epochs=50.")
         overrides[key.strip()] = yaml.safe_load(value)
+    if "device" in overrides:
+        check_device(overrides["device"], "--set device")
     if device:
         overrides["device"] = device
     return RQVAEConfig.from_yaml(path, overrides)
@@ -242,9 +248,16 @@ def _run(args, ws):
                    on_collision=args.on_collision, progress=args.progress, force=args.force)
 
 
+def _check_device(device):
+    """A ``--device`` that is unknown, or names a GPU torch does not see, fails before any stage runs."""
+    if device is not None:
+        resolve_device(device, "--device")
+
+
 def stage_main(argv):
     """``python -m dataset_prep <stage> ...`` (argv starts with the stage); a bad input raises PrepError."""
     args = build_parser().parse_args(argv)
+    _check_device(args.device)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports CPU-feature probing at INFO
     if args.threads:
         import torch
@@ -272,7 +285,7 @@ def stage_main(argv):
                            args.progress, args.force)
     elif args.stage == "codes":
         stages.run_codes(ws, args.feature, args.trained_on or args.datasets, args.datasets, args.make_unique,
-                         args.tag, args.data_path, args.on_collision, args.force)
+                         args.tag, args.data_path, args.on_collision, args.force, args.device)
     else:
         _run(args, ws)
     return 0

@@ -120,7 +120,7 @@ def code_dataset(name, source_root, data_path="dataset", options=None):
     def code(feature, tag):
         checkpoint = stages.stage_rqvae(ws, feature, [name], rqvae_config, options.progress)
         ran.append(f"rqvae:{tag}")
-        stages.stage_codes(ws, feature, checkpoint, name, options.make_unique, tag)
+        stages.stage_codes(ws, feature, checkpoint, name, options.make_unique, tag, device=rqvae_config.device)
         ran.append(f"codes:{tag}")
 
     text = stages.stage_text(ws, name, {}, options.text_model, device=options.device, progress=options.progress)

@@ -10,12 +10,19 @@ feature vector into ``levels`` code indices, one per codebook.
   Residuals are formed from the *detached* code vectors, so each level's commitment term pulls
   the encoder output towards the sum of the codes chosen so far (the RQ-VAE commitment), while
   a codebook only learns from its own codebook term.
-- Each codebook is initialised by k-means (faiss) on the residuals of all training items.
+- Each codebook is initialised by k-means (faiss) on the residuals of all training items: on a GPU
+  when the model is on CUDA and faiss has GPU support (the ``gpu`` extra, faiss-gpu), else on the
+  host (:func:`kmeans_backend`; the log says which).
 - While training, a level whose ``sinkhorn_epsilon`` is > 0 (the last one in the paper) assigns
   codes by a Sinkhorn-balanced transport plan, spreading the batch over the codebook; at
   inference every level takes its nearest code.
 - Training keeps the weights of the evaluation with the lowest collision rate (fraction of items
   whose full code is shared with an earlier item).
+- ``device`` (:mod:`dataset_prep.device`, default ``auto``): features, model, codebooks and every
+  tensor of training and encoding live on it; codes come back as CPU numpy arrays. One device and
+  one seed give one set of codes on CUDA too, with no global switch: the only accumulating backward
+  (the codebook lookup's) runs torch's sorted, ordered CUDA kernel, and cuBLAS on one stream is
+  reproducible (``tests/test_gpu_prep.py`` checks it). A CPU and a GPU give different codes.
 """
 
 import copy
@@ -30,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from dataset_prep.device import DEFAULT_DEVICE, check_device, resolve_device
 from dataset_prep.io import PrepError
 
 logger = logging.getLogger(__name__)
@@ -53,7 +61,7 @@ class RQVAEConfig:
     epochs: int = 500
     eval_every: int = 10
     seed: int = 2020
-    device: str = "cpu"
+    device: str = DEFAULT_DEVICE
 
     @classmethod
     def from_dict(cls, values, source="settings"):
@@ -64,6 +72,7 @@ class RQVAEConfig:
         config = cls(**values)
         if len(config.sinkhorn_epsilon) != config.levels:
             raise PrepError(f"{source}: sinkhorn_epsilon needs one value per level ({config.levels}).")
+        config.device = check_device(config.device, f"{source}: device")
         return config
 
     @classmethod
@@ -125,6 +134,39 @@ def sinkhorn_assign(distances, epsilon, iters):
     return log_plan.argmax(dim=1)
 
 
+def kmeans_backend(device):
+    """Where faiss runs the k-means of a model on ``device``: (GPU id, or None for the host; the log line).
+
+    The GPU when the model is on CUDA and faiss reports GPUs (faiss-gpu installed, a GPU visible);
+    otherwise the host, with the reason.
+    """
+    import faiss
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None, f"k-means: faiss-cpu on the host (device {device})"
+    gpus = faiss.get_num_gpus()
+    if gpus == 0:  # faiss-cpu builds report 0 GPUs too; only faiss-gpu has GPU resources
+        why = "no GPU visible" if hasattr(faiss, "StandardGpuResources") else "faiss-gpu not installed"
+        return None, f"k-means: faiss-cpu on the host ({why})"
+    gpu = device.index if device.index is not None else 0  # faiss numbers the visible GPUs as CUDA does
+    if gpu >= gpus:
+        return None, f"k-means: faiss-cpu on the host (faiss sees {gpus} GPU(s), not {device})"
+    return gpu, f"k-means: faiss on GPU {gpu}"
+
+
+def _kmeans(dim, k, iters, seed, gpu=None):
+    """A faiss ``Kmeans`` whose assignment index is on GPU ``gpu`` (None: the host's flat L2 index)."""
+    import faiss
+
+    kmeans = faiss.Kmeans(dim, k, niter=iters, seed=seed, verbose=False)
+    if gpu is not None:
+        # Kmeans(gpu=True) would spread over every visible GPU; this puts it on the model's one.
+        kmeans.gpu_resources = faiss.StandardGpuResources()  # kept alive as long as the index
+        kmeans.index = faiss.index_cpu_to_gpu(kmeans.gpu_resources, gpu, faiss.IndexFlatL2(dim))
+    return kmeans
+
+
 class RQVAE(nn.Module):
     """Encoder -> residual quantizer -> decoder over feature vectors [batch, in_dim]."""
 
@@ -180,16 +222,15 @@ class RQVAE(nn.Module):
     @torch.no_grad()
     def init_codebooks(self, x, iters, seed):
         """k-means (faiss) of each level's residuals of all items x [n, in_dim]: codebook l = centroids."""
-        import faiss
-
         if x.shape[0] < self.config.codebook_size:
             raise PrepError(f"k-means needs at least codebook_size={self.config.codebook_size} items, got "
                             f"{x.shape[0]}; lower codebook_size in the RQ-VAE settings or add items.")
-        residual = self.encoder(x).float()
+        gpu, where = kmeans_backend(self.codebooks[0].device)
+        logger.info(where)
+        residual = self.encoder(x.to(self.codebooks[0].device)).float()
         for level, codebook in enumerate(self.codebooks):
             data = np.ascontiguousarray(residual.cpu().numpy(), dtype=np.float32)
-            kmeans = faiss.Kmeans(data.shape[1], self.config.codebook_size, niter=iters, seed=seed + level,
-                                  verbose=False)
+            kmeans = _kmeans(data.shape[1], self.config.codebook_size, iters, seed + level, gpu)
             kmeans.train(data)
             codebook.copy_(torch.from_numpy(kmeans.centroids).to(codebook))
             residual = residual - codebook[squared_distances(residual, codebook).argmin(1)]
@@ -201,9 +242,10 @@ class RQVAE(nn.Module):
         residuals [n, levels, code_dim] float32: the vector each level quantized)."""
         was_training = self.training
         self.eval()
+        device = self.codebooks[0].device
         codes, residuals = [], []
         for start in range(0, x.shape[0], batch_size):
-            _, c, r, _ = self.quantize(self.encoder(x[start:start + batch_size]))
+            _, c, r, _ = self.quantize(self.encoder(x[start:start + batch_size].to(device)))
             codes.append(c)
             residuals.append(r)
         self.train(was_training)
@@ -243,9 +285,11 @@ def train_rqvae(features, config, progress=True):
     history = {"epochs": [{"epoch", "loss", "recon", "quant", "collision_rate"?}], "best_epoch",
     "best_collision_rate", "init_collision_rate"}.
     """
+    device = torch.device(resolve_device(config.device, "RQ-VAE setting device"))
+    logger.info(f"rq-vae: training on {device} ({len(features)} items, seed {config.seed})")
     _seed_everything(config.seed)
-    device = torch.device(config.device)
     x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=device)
+    # Built on the CPU, then moved: the initial weights are the same on every device.
     model = RQVAE(x.shape[1], config).to(device)
     model.init_codebooks(x, config.kmeans_iters, config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -300,7 +344,8 @@ def save_checkpoint(path, model, extra=None):
 
 
 def load_checkpoint(path, device="cpu"):
-    """(model in eval mode, extra) from a file written by :func:`save_checkpoint`."""
+    """(model on ``device`` in eval mode, extra) from a file written by :func:`save_checkpoint`, whatever
+    device trained it."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:

@@ -10,8 +10,12 @@ id) and codes ``<Name>.index_<feature>.json`` (+ a summary JSON and a code-usage
 ``<out>/<Name>/`` first, then in each of ``Workspace.source_roots`` (CLI ``--source_root``). Every
 stage is cached: its output's sidecar ``.meta.json`` holds a hash of its inputs and settings, so a
 re-run skips finished stages; ``force=True`` redoes them.
+
+The torch stages (text, image, rqvae, codes) take a ``device`` (:mod:`dataset_prep.device`; None or
+``auto``: CUDA where torch sees a GPU, else the CPU) and say in the log which one they used.
 """
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -23,6 +27,7 @@ import numpy as np
 from dataset_prep.atomic import DEFAULT_ON_COLLISION
 from dataset_prep.code_tokens import format_code
 from dataset_prep.collisions import DEFAULT_MAKE_UNIQUE
+from dataset_prep.device import resolve_device
 from dataset_prep.io import PrepError, atomic_copy, atomic_write, read_json, write_json
 from dataset_prep.stage_cache import file_digest, run_stage
 
@@ -130,7 +135,7 @@ def stage_text(ws, name, encoder_cache, text_model=None, max_length=None, batch_
     items = ws.require_input(name, f"{name}.item.json", "Item text comes from `python -m dataset_prep raw`.")
     output = os.path.join(ws.work_dir(name), f"{name}.{feature}.npy")
     config_file = os.path.join(model_id, "config.json")
-    device = device or "cpu"
+    device = resolve_device(device)
     settings = {"model": feature, "max_length": max_length,
                 "model_config": file_digest(config_file) if os.path.isfile(config_file) else model_id}
 
@@ -142,7 +147,7 @@ def stage_text(ws, name, encoder_cache, text_model=None, max_length=None, batch_
         features = text_features.text_features(text_features.item_fields(items), tokenizer, model,
                                                batch_size, length, device, progress)
         _save_npy(output, features)
-        return {"items": features.shape[0], "dim": features.shape[1], "max_length": length}
+        return {"items": features.shape[0], "dim": features.shape[1], "max_length": length, "device": device}
 
     summary, _ = run_stage("text", settings, [items], [output], _timed(work), force)
     logger.info(f"text {name}: {feature} {summary}")
@@ -163,7 +168,7 @@ def stage_image(ws, name, encoder_cache, images=None, clip_arch="ViT-L-14", clip
     id_map = ws.find_input(name, f"{name}.item2id")
     folder = ws.image_folder(name, images)
     output = os.path.join(ws.work_dir(name), f"{name}.{feature}.npy")
-    device = device or "cpu"
+    device = resolve_device(device)
     settings = {"arch": clip_arch, "weights": clip_weights, "images": _folder_fingerprint(folder)}
 
     def work():
@@ -174,7 +179,7 @@ def stage_image(ws, name, encoder_cache, images=None, clip_arch="ViT-L-14", clip
         model, preprocess = encoder_cache["model"]
         features = image_features.encode_images(paths, model, preprocess, batch_size, device, progress)
         _save_npy(output, features)
-        return {"items": features.shape[0], "dim": features.shape[1]}
+        return {"items": features.shape[0], "dim": features.shape[1], "device": device}
 
     inputs = [items] + ([id_map] if id_map else [])
     summary, _ = run_stage("image", settings, inputs, [output], _timed(work), force)
@@ -226,9 +231,14 @@ def _features_hint(ws, feature, name):
 
 def stage_rqvae(ws, feature, datasets, config, progress=True, force=False):
     """Train one RQ-VAE (settings ``config``, an ``RQVAEConfig``) on the ``feature`` matrices of ``datasets``
-    together; returns the checkpoint path."""
+    together; returns the checkpoint path.
+
+    The cache key holds the device ``config.device`` resolves to (``auto`` -> ``cpu`` or ``cuda``): a GPU
+    and a CPU train different codes, and a CPU checkpoint made before ``auto`` existed stays valid.
+    """
     from dataset_prep import rqvae
 
+    config = dataclasses.replace(config, device=resolve_device(config.device, "RQ-VAE setting device"))
     paths = [ws.require_input(name, f"{name}.{feature}.npy", _features_hint(ws, feature, name))
              for name in datasets]
     checkpoint = ws.checkpoint_path(feature, datasets)
@@ -241,7 +251,7 @@ def stage_rqvae(ws, feature, datasets, config, progress=True, force=False):
                                                   "items": [len(a) for a in arrays]})
         write_json(history_path, history)
         last = history["epochs"][-1] if history["epochs"] else {}
-        return {"items": sum(len(a) for a in arrays), "epochs": config.epochs,
+        return {"items": sum(len(a) for a in arrays), "epochs": config.epochs, "device": config.device,
                 "final_loss": float(last.get("loss", "nan")), "init_collision_rate": history["init_collision_rate"],
                 "best_epoch": history["best_epoch"], "best_collision_rate": history["best_collision_rate"]}
 
@@ -257,7 +267,11 @@ def write_code_file(path, codes, modality):
 
 
 def assign_codes(model, features, make_unique=DEFAULT_MAKE_UNIQUE):
-    """Codes of ``features`` [n, dim] made unique by ``make_unique`` -> (codes [n, levels(+1)], summary)."""
+    """Codes of ``features`` [n, dim] made unique by ``make_unique`` -> (codes [n, levels(+1)], summary).
+
+    The nearest codes are computed on the model's device; the re-assignment is a sequential search
+    over code tuples and runs on the host, on the CPU arrays they come back as.
+    """
     import torch
 
     from dataset_prep import collisions
@@ -272,11 +286,13 @@ def assign_codes(model, features, make_unique=DEFAULT_MAKE_UNIQUE):
     return codes, summary
 
 
-def stage_codes(ws, feature, checkpoint, name, make_unique=DEFAULT_MAKE_UNIQUE, tag=None, force=False):
+def stage_codes(ws, feature, checkpoint, name, make_unique=DEFAULT_MAKE_UNIQUE, tag=None, force=False,
+                device=None):
     """Codes of one dataset from a (possibly joint) RQ-VAE -> ``<out>/<name>/<name>.index_<tag>.json``
-    (``tag`` defaults to the feature name)."""
+    (``tag`` defaults to the feature name), the items encoded on ``device``."""
     from dataset_prep import collisions, rqvae
 
+    device = resolve_device(device)
     modality = feature.split("_", 1)[0]
     if modality not in ("text", "image"):
         raise PrepError(f"--feature {feature!r} must start with text_ or image_ (the feature file's name).")
@@ -290,7 +306,8 @@ def stage_codes(ws, feature, checkpoint, name, make_unique=DEFAULT_MAKE_UNIQUE, 
                os.path.join(folder, f"{name}.codes_{tag}.usage.png")]
 
     def work():
-        model, _ = rqvae.load_checkpoint(checkpoint)
+        logger.info(f"codes {name}: encoding on {device}")
+        model, _ = rqvae.load_checkpoint(checkpoint, device)
         codes, summary = assign_codes(model, np.load(features_path), make_unique)
         write_code_file(outputs[1], codes, modality)
         write_json(outputs[0], summary)
@@ -299,6 +316,8 @@ def stage_codes(ws, feature, checkpoint, name, make_unique=DEFAULT_MAKE_UNIQUE, 
         return summary
 
     settings = {"rule": make_unique, "modality": modality}  # key names kept: existing caches stay valid
+    if device != "cpu":  # a GPU may round a near tie the other way; CPU keys stay those of before
+        settings["device"] = device
     summary, _ = run_stage("codes", settings, [checkpoint, features_path], outputs, _timed(work), force)
     before, after = summary["before"], summary["after"]
     logger.info(f"codes {name}: collision rate {before['collision_rate']:.4f} -> {after['collision_rate']:.4f}, "
@@ -346,13 +365,14 @@ def stage_atomic(ws, name, data_path="dataset", on_collision=DEFAULT_ON_COLLISIO
 # --- several stages ---------------------------------------------------------------------------
 
 def run_codes(ws, feature, trained_on, datasets, make_unique=DEFAULT_MAKE_UNIQUE, tag=None, data_path="dataset",
-              on_collision=DEFAULT_ON_COLLISION, force=False):
+              on_collision=DEFAULT_ON_COLLISION, force=False, device=None):
     """Codes of ``datasets`` from the RQ-VAE trained on ``trained_on``, then their atomic files."""
     checkpoint = ws.checkpoint_path(feature, trained_on)
     if not os.path.isfile(checkpoint):
         raise PrepError(f"No RQ-VAE checkpoint {checkpoint}: run `python -m dataset_prep rqvae --datasets "
                         f"{' '.join(trained_on)} --feature {feature}` first (same --out).")
-    summaries = {name: stage_codes(ws, feature, checkpoint, name, make_unique, tag, force) for name in datasets}
+    summaries = {name: stage_codes(ws, feature, checkpoint, name, make_unique, tag, force, device)
+                 for name in datasets}
     for name in datasets:
         stage_atomic(ws, name, data_path, on_collision, force)
     return summaries
@@ -365,7 +385,7 @@ def run_all(ws, datasets, rqvae_config, raw=None, text=None, image=None, make_un
 
     ``raw``: keyword arguments of :func:`stage_raw` but the name (``reviews``, ``meta``, ...), or None to
     start from processed files; ``text`` / ``image``: those of :func:`stage_text` / :func:`stage_image`
-    (``image=None``: no image modality).
+    (``image=None``: no image modality). Codes are encoded on the RQ-VAE's device (``rqvae_config.device``).
     """
     if raw is not None:
         if len(datasets) != 1 or not (raw.get("reviews") and raw.get("meta")):
@@ -381,6 +401,6 @@ def run_all(ws, datasets, rqvae_config, raw=None, text=None, image=None, make_un
         feature = next(iter(per_dataset.values()))
         checkpoint = stage_rqvae(ws, feature, datasets, rqvae_config, progress, force)
         for name in datasets:
-            stage_codes(ws, feature, checkpoint, name, make_unique, tag, force)
+            stage_codes(ws, feature, checkpoint, name, make_unique, tag, force, rqvae_config.device)
     for name in datasets:
         stage_atomic(ws, name, data_path, on_collision, force)

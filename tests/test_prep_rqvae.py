@@ -1,7 +1,9 @@
 """RQ-VAE training, collision-free re-assignment and resumable stages, on MiniLM features of real
-Scientific items (a small model and small codebooks keep it fast and force collisions)."""
+Scientific items (a small model and small codebooks keep it fast and force collisions); the choice
+of device and of the k-means backend (CUDA itself: tests/test_gpu_prep.py)."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -9,8 +11,10 @@ import pytest
 import torch
 
 from dataset_prep import collisions, rqvae, text_features
-from dataset_prep.io import PrepError
+from dataset_prep.cli import main as cli_main
 from dataset_prep.cli import stage_main as main
+from dataset_prep.device import resolve_device
+from dataset_prep.io import PrepError
 from tests.conftest import fixture_dir
 
 N_ITEMS = 256
@@ -26,7 +30,7 @@ def features():
 
 def small_config(**changes):
     values = dict(hidden=[128, 64], code_dim=16, codebook_size=8, kmeans_iters=20, batch_size=64,
-                  epochs=12, eval_every=4, seed=7)
+                  epochs=12, eval_every=4, seed=7, device="cpu")
     values.update(changes)
     return rqvae.RQVAEConfig.from_dict(values)
 
@@ -150,3 +154,93 @@ def test_stages_are_cached_and_force_redoes(tmp_path, features):
     assert codes["0"][0].startswith("<a_") and codes["0"][3].startswith("<d_")
     header = (data_path / "Toy" / "Toy.item").read_text().splitlines()[0]
     assert header == "item_id:token\ttext_code:token_seq"
+
+
+# --- devices ----------------------------------------------------------------------------------
+
+def _cuda(monkeypatch, available):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+
+
+def _faiss_gpus(monkeypatch, count, gpu_build=True):
+    """faiss as if it reported ``count`` GPUs; ``gpu_build``: faiss-gpu (GPU resources) vs faiss-cpu."""
+    import faiss
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: count)
+    if gpu_build:
+        monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    else:
+        monkeypatch.delattr(faiss, "StandardGpuResources", raising=False)
+
+
+def test_auto_device_is_cuda_only_where_torch_sees_one(monkeypatch):
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    _cuda(monkeypatch, False)
+    assert resolve_device("auto") == resolve_device(None) == resolve_device(" CPU ") == "cpu"
+    with pytest.raises(PrepError, match=r"--device 'cuda:0': torch sees no CUDA device"):
+        resolve_device("cuda:0")
+    _cuda(monkeypatch, True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cpu") == "cpu"
+
+
+@pytest.mark.parametrize("faiss_gpus,gpu_build,torch_cuda,device,expected", [
+    (0, False, False, "auto", (None, "k-means: faiss-cpu on the host (device cpu)")),
+    (2, True, False, "auto", (None, "k-means: faiss-cpu on the host (device cpu)")),   # torch without CUDA
+    (2, True, True, "cpu", (None, "k-means: faiss-cpu on the host (device cpu)")),     # CPU asked for
+    (0, False, True, "auto", (None, "k-means: faiss-cpu on the host (faiss-gpu not installed)")),
+    (0, True, True, "auto", (None, "k-means: faiss-cpu on the host (no GPU visible)")),
+    (1, True, True, "auto", (0, "k-means: faiss on GPU 0")),
+    (2, True, True, "cuda:1", (1, "k-means: faiss on GPU 1")),
+    (1, True, True, "cuda:1", (None, "k-means: faiss-cpu on the host (faiss sees 1 GPU(s), not cuda:1)")),
+])
+def test_kmeans_backend_follows_faiss_gpus_and_the_device(monkeypatch, faiss_gpus, gpu_build, torch_cuda, device,
+                                                          expected):
+    _faiss_gpus(monkeypatch, faiss_gpus, gpu_build)
+    _cuda(monkeypatch, torch_cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert rqvae.kmeans_backend(resolve_device(device)) == expected
+
+
+def test_training_logs_its_device_and_the_kmeans_backend(caplog):
+    x = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    with caplog.at_level(logging.INFO, logger="dataset_prep.rqvae"):
+        rqvae.train_rqvae(x, small_config(hidden=[16], code_dim=4, kmeans_iters=2, epochs=1), progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "dataset_prep.rqvae"]
+    assert lines[0] == "rq-vae: training on cpu (64 items, seed 7)"
+    assert lines[1] == "k-means: faiss-cpu on the host (device cpu)"
+
+
+def test_unknown_device_is_one_error_line(capsys):
+    assert cli_main(["rqvae", "--datasets", "Toy", "--feature", "text_x", "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --device 'gpu': unknown device; accepted: auto (cuda when torch sees a GPU, else cpu), "
+                   "cpu, cuda, cuda:<index>."]
+    with pytest.raises(PrepError, match=r"rq\.yaml: device 'tpu': unknown device; accepted: auto"):
+        rqvae.RQVAEConfig.from_dict({"device": "tpu"}, "rq.yaml")
+
+
+def test_device_auto_on_a_cpu_machine_keeps_the_cpu_caches(tmp_path, monkeypatch):
+    """``auto`` resolves before the cache key is made: on a machine without CUDA, stages run with
+    ``--device cpu`` (or before ``auto`` existed) are reused as they are."""
+    _cuda(monkeypatch, False)
+    out = tmp_path / "out"
+    (out / "Toy").mkdir(parents=True)
+    np.save(out / "Toy" / "Toy.text_x.npy", np.random.default_rng(1).normal(size=(32, 12)).astype(np.float32))
+    config = tmp_path / "rqvae.yaml"
+    config.write_text("hidden: [16]\ncode_dim: 4\ncodebook_size: 4\nkmeans_iters: 2\nbatch_size: 16\n"
+                      "epochs: 1\neval_every: 1\nseed: 1\n")
+    train = ["rqvae", "--datasets", "Toy", "--feature", "text_x", "--out", str(out), "--rqvae_config", str(config),
+             "--quiet"]
+    codes = ["codes", "--datasets", "Toy", "--feature", "text_x", "--out", str(out),
+             "--data_path", str(tmp_path / "dataset")]
+    main(train + ["--device", "cpu"])
+    main(codes + ["--device", "cpu"])
+    checkpoint, code_file = out / "rqvae" / "text_x__Toy.pt", out / "Toy" / "Toy.index_text_x.json"
+    stamps = checkpoint.stat().st_mtime_ns, code_file.stat().st_mtime_ns
+    main(train + ["--device", "auto"])
+    main(train)                 # the YAML's device: auto by default
+    main(codes)
+    assert (checkpoint.stat().st_mtime_ns, code_file.stat().st_mtime_ns) == stamps
+    assert rqvae.load_checkpoint(str(checkpoint))[0].config.device == "cpu"
+    summary = json.loads((out / "rqvae" / "text_x__Toy.pt.meta.json").read_text())["summary"]
+    assert summary["device"] == "cpu"
