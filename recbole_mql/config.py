@@ -225,7 +225,7 @@ class ConfigSources:
 POSITIVE_INT_KEYS = ("epochs", "train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "beam_size",
                      "pretrain_epochs", "pretrain_train_batch_size", "pretrain_gradient_accumulation_steps")
 NON_NEGATIVE_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "valid_users", "stopping_step",
-                     "pretrain_learning_rate")
+                     "pretrain_learning_rate", "time_budget_minutes")
 EPOCHS_HINT = (" (0 or fewer would train nothing and test an untrained model; to test a saved model use "
                "--recommend, to continue a run --resume)")
 

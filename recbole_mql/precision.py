@@ -6,6 +6,7 @@ and 1.74x *slower* on a Xeon without it (the CPU then emulates bf16 through fp32
 AMX, and fp32 everywhere else; ``bfloat16``, ``float16`` and ``none`` force a choice.
 """
 
+import contextlib
 import functools
 import os
 
@@ -84,6 +85,22 @@ def resolve_autocast(value, device, cpu_probe=cpu_native_bf16, cuda_probe=cuda_n
     if native:
         return torch.bfloat16, f"autocast_dtype=auto -> bfloat16: {why}"
     return None, f"autocast_dtype=auto -> float32: {why} (bf16 would be emulated, slower than fp32)"
+
+
+@contextlib.contextmanager
+def tf32_matmuls(device):
+    """TF32 for float32 matrix products and convolutions on a CUDA ``device`` inside the block (the
+    training loop: what bf16 autocast leaves in float32); restored after, so decoding stays full
+    float32. Nothing changes on a CPU."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def check_autocast_dtype(value):

@@ -132,6 +132,7 @@ def run_recbole_mql(model=None, dataset=None, config_file_list=None, config_dict
         "log_file": _log_file(),
         "ranks_file": ranks_file,
         "collision_scoring": config["collision_scoring"],
+        "ended_by": getattr(trainer, "ended_by", None),
     }
 
 

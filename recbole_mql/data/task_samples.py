@@ -15,25 +15,49 @@ from recbole_mql.data.tasks import TASKS
 
 @dataclass
 class TaskBatch:
-    """One micro-batch of a single task. ``history``/``lengths`` are None for item tasks."""
+    """One micro-batch of a single task. ``history``/``lengths`` are None for item tasks.
+    ``max_kept``: the longest kept history of the batch (at most ``max_his_len``), known on the host
+    when the epoch is planned, so that tokenising the batch needs no read back from the device."""
 
     task: str
     target: torch.Tensor  # [batch] item ids
     history: torch.Tensor = None  # [batch, max_len]
     lengths: torch.Tensor = None  # [batch]
     source: int = 0  # which dataset (pre-training reads several)
+    max_kept: int = None
 
     def __len__(self):
         return self.target.shape[0]
 
     def to(self, device):
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return TaskBatch(self.task, move(self.target), move(self.history), move(self.lengths), self.source)
+        return TaskBatch(self.task, move(self.target), move(self.history), move(self.lengths), self.source,
+                         self.max_kept)
+
+
+@dataclass
+class PlannedBatch:
+    """A planned micro-batch of :class:`TaskSamples`: sample positions (sequence tasks) or item ids
+    (item tasks) on the host; :meth:`TaskSamples.epoch_batches` gathers the tensors on the device."""
+
+    task: str
+    refs: torch.Tensor
+    max_kept: int
+    source: int = 0
+
+    def __len__(self):
+        return self.refs.shape[0]
 
 
 class TaskSamples:
     """Every prefix of every training sequence (RecBole's augmented train set) for the sequence
-    tasks, and every item once per epoch for the alignment tasks (as the authors do)."""
+    tasks, and every item once per epoch for the alignment tasks (as the authors do).
+
+    The epoch is planned on the host (positions only, from seeded generators); the samples'
+    tensors live on the training device (copied there once), and each epoch's batches are gathered
+    there by index after one copy of the epoch's positions: no Python work per sample and no copy
+    per batch on a GPU, the same batches on every device for a seed.
+    """
 
     def __init__(self, dataset, tasks, max_his_len, source=0, bucket_chunk=64, mixing="task"):
         feat = dataset.inter_feat
@@ -47,6 +71,7 @@ class TaskSamples:
         self.bucket_chunk = bucket_chunk
         self.source = source
         self.mixing = check_mixing(mixing)
+        self._resident = {}  # device -> (history, lengths, target) there
 
     def sequence_refs(self):
         return torch.arange(len(self.target))
@@ -55,25 +80,52 @@ class TaskSamples:
         return self.lengths[idx].clamp(max=self.max_his_len)
 
     def sequence_batch(self, task, idx):
-        return TaskBatch(task, self.target[idx], self.history[idx], self.lengths[idx], self.source)
+        return PlannedBatch(task, idx, int(self.kept_lengths(idx).max()) if len(idx) else 0, self.source)
 
-    def epoch_batches(self, epoch, batch_size, seed):
-        """The epoch's micro-batches, in a shuffled order that depends only on (seed, epoch).
+    def item_batch(self, task, items):
+        return PlannedBatch(task, items, 1, self.source)
+
+    def epoch_batches(self, epoch, batch_size, seed, device="cpu"):
+        """The epoch's micro-batches on ``device``, in a shuffled order that depends only on (seed, epoch).
 
         Sequence samples are sorted by history length inside chunks of ``bucket_chunk`` batches,
         so a batch pads to a similar length (padding to the longest wastes most of an epoch).
         With ``mixing="mixed"`` a batch mixes the tasks' samples (see :func:`plan_mixed_epoch`).
         """
         if self.mixing == "mixed":
-            return plan_mixed_epoch(self, epoch, batch_size, seed)
+            plan = plan_mixed_epoch(self, epoch, batch_size, seed)
+        else:
+            def sequence_batches(task, gen):
+                order = torch.randperm(len(self.target), generator=gen)
+                for idx in bucketed(order, self.kept_lengths, batch_size, self.bucket_chunk):
+                    yield self.sequence_batch(task, idx)
 
-        def sequence_batches(task, gen):
-            order = torch.randperm(len(self.target), generator=gen)
-            kept = lambda idx: self.lengths[idx].clamp(max=self.max_his_len)  # noqa: E731
-            for idx in bucketed(order, kept, batch_size, self.bucket_chunk):
-                yield TaskBatch(task, self.target[idx], self.history[idx], self.lengths[idx], self.source)
+            plan = plan_epoch(self, epoch, batch_size, seed, sequence_batches)
+        return self.gather(plan, torch.device(device))
 
-        return plan_epoch(self, epoch, batch_size, seed, sequence_batches)
+    def resident(self, device):
+        """(history, lengths, target) on ``device``, copied there once."""
+        key = str(device)
+        if key not in self._resident:
+            self._resident[key] = tuple(t.to(device) for t in (self.history, self.lengths, self.target))
+        return self._resident[key]
+
+    def gather(self, plan, device):
+        """``plan``'s :class:`PlannedBatch` es (alone or in a :class:`MixedBatch`) as :class:`TaskBatch` es
+        gathered on ``device``; the positions of the whole epoch are copied there at once."""
+        leaves = [p for b in plan for p in (b.parts if isinstance(b, MixedBatch) else [b])]
+        if not leaves:
+            return []
+        refs = torch.cat([p.refs for p in leaves]).to(device, non_blocking=True).split([len(p) for p in leaves])
+        history, lengths, target = self.resident(device)
+        made = {}
+        for p, idx in zip(leaves, refs):
+            if TASKS[p.task].item_task:
+                made[id(p)] = TaskBatch(p.task, idx, source=p.source, max_kept=p.max_kept)
+            else:
+                made[id(p)] = TaskBatch(p.task, target[idx], history[idx], lengths[idx], p.source, p.max_kept)
+        return [MixedBatch([made[id(p)] for p in b.parts]) if isinstance(b, MixedBatch) else made[id(b)]
+                for b in plan]
 
     def num_samples(self):
         return sum(len(self.items) if TASKS[t].item_task else len(self.target) for t in self.tasks)
@@ -130,9 +182,13 @@ class StreamingTaskSamples:
     def sequence_batch(self, task, idx):
         return LazyTaskBatch(task, idx, self.store, self.max_his_len, self.source)
 
-    def epoch_batches(self, epoch, batch_size, seed):
+    def item_batch(self, task, items):
+        return TaskBatch(task, items, source=self.source, max_kept=1)
+
+    def epoch_batches(self, epoch, batch_size, seed, device=None):
         """The epoch's micro-batches (lazy for sequence tasks), shuffled by (seed, epoch) only,
-        bucketed by kept history length as :meth:`TaskSamples.epoch_batches` does."""
+        bucketed by kept history length as :meth:`TaskSamples.epoch_batches` does. They stay on the
+        host: each is materialised when the trainer moves it to its ``device``."""
         if self.mixing == "mixed":
             return plan_mixed_epoch(self, epoch, batch_size, seed)
 
@@ -157,7 +213,7 @@ def plan_epoch(samples, epoch, batch_size, seed, sequence_batches):
     for task in samples.tasks:
         if TASKS[task].item_task:
             order = samples.items[torch.randperm(len(samples.items), generator=gen)]
-            batches += [TaskBatch(task, chunk, source=samples.source) for chunk in order.split(batch_size)]
+            batches += [samples.item_batch(task, chunk) for chunk in order.split(batch_size)]
         else:
             batches += list(sequence_batches(task, gen))
     order = torch.randperm(len(batches), generator=gen)
@@ -210,7 +266,7 @@ def plan_mixed_epoch(samples, epoch, batch_size, seed):
         parts = []
         for t in task_of[idx].unique().tolist():
             task, refs = samples.tasks[t], ref_of[idx[task_of[idx] == t]]
-            parts.append(TaskBatch(task, refs, source=samples.source) if TASKS[task].item_task
+            parts.append(samples.item_batch(task, refs) if TASKS[task].item_task
                          else samples.sequence_batch(task, refs))
         batches.append(MixedBatch(parts))
     order = torch.randperm(len(batches), generator=gen)

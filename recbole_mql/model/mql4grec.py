@@ -116,26 +116,27 @@ class MQL4GRec(SequentialRecommender):
         return self.tokenizer.encode_history(history, lengths, modality, task)
 
     # ------------------------------------------------------------------------------ training
-    def task_inputs(self, task, history, lengths, target):
+    def task_inputs(self, task, history, lengths, target, max_kept=None):
         """(input_ids, attention_mask, labels) of task ``task`` (a name in ``TASKS``) for a batch of
-        (history, next item); what the generative trainer trains on.
+        (history, next item); what the generative trainer trains on. ``max_kept``: the batch's longest
+        kept history when known on the host (then nothing is read back from the device).
 
         Item tasks read only ``target``: its code in one modality -> its code in the other.
         """
         task = TASKS[task]
         if task.item_task:
-            history, lengths = target.unsqueeze(1), torch.ones_like(target)
+            history, lengths, max_kept = target.unsqueeze(1), torch.ones_like(target), 1
         if task.directions:
-            coin = torch.rand(target.shape[0], device=target.device) < 0.5
-            first, second = task.directions
-            parts = [self._direction_inputs(d, history[m], lengths[m], target[m])
-                     for d, m in ((first, coin), (second, ~coin)) if m.any()]
-            return merge_padded(parts)
-        return self._direction_inputs(task, history, lengths, target)
+            # every row written both ways, one kept by its coin: no data-dependent shapes (no device sync)
+            coin = (torch.rand(target.shape[0], device=target.device) < 0.5).unsqueeze(1)
+            first, second = padded_alike([self._direction_inputs(d, history, lengths, target, max_kept)
+                                          for d in task.directions])
+            return tuple(torch.where(coin, a, b) for a, b in zip(first, second))
+        return self._direction_inputs(task, history, lengths, target, max_kept)
 
-    def _direction_inputs(self, task, history, lengths, target):
+    def _direction_inputs(self, task, history, lengths, target, max_kept=None):
         input_ids, attention_mask = self.tokenizer.encode_history(
-            history, lengths, task.source, task.name if task.prefix else None)
+            history, lengths, task.source, task.name if task.prefix else None, max_kept)
         return input_ids, attention_mask, self.tokenizer.item_tokens(target, task.target)
 
     def forward(self, input_ids, attention_mask, labels):
@@ -161,19 +162,28 @@ class MQL4GRec(SequentialRecommender):
 
     # ---------------------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def generate(self, interaction):
-        """Ranked items per user: (items [users, k], scores [users, k]), -1 for an empty slot."""
+    def ranked_by_modality(self, interaction):
+        """{modality: (items [users, beam], scores [users, beam])} of each evaluated modality's trie-constrained
+        beam search, scores the decoder's (mean code log-probability over the trie's levels), -1 for no item."""
         history, lengths = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        ranked = []
+        ranked = {}
         for modality in self.eval_modalities:
             input_ids, attention_mask = self.tokenizer.encode_history(history, lengths, modality)
             decoder = ConstrainedBeamSearch(self.t5, self.tokenizer.level_ids[modality])
             trie = self.tokenizer.trie(modality, input_ids.device)
             rows, scores = decoder.search(input_ids, attention_mask, trie, self.beam_size)
+            ranked[modality] = (self.tokenizer.items_of_rows(rows), scores)
+        return ranked
+
+    @torch.no_grad()
+    def generate(self, interaction):
+        """Ranked items per user: (items [users, k], scores [users, k]), -1 for an empty slot."""
+        ranked = []
+        for modality, (items, scores) in self.ranked_by_modality(interaction).items():
             # the decoder averages over the trie's levels; rescale to the authors' (sum + EOS) /
             # (code levels + 1), so that the two modalities' scores meet the ensemble on one scale
-            scores = comparable_scores(scores, trie.num_levels, self.tokenizer.score_length[modality])
-            ranked.append((self.tokenizer.items_of_rows(rows), scores))
+            levels = self.tokenizer.tries[modality].num_levels
+            ranked.append((items, comparable_scores(scores, levels, self.tokenizer.score_length[modality])))
         if len(ranked) == 2:
             return ensemble_rank(*ranked[0], *ranked[1])
         return ranked[0]
@@ -183,14 +193,7 @@ class MQL4GRec(SequentialRecommender):
 
         Reads only the history (never the target item_id in the interaction).
         """
-        items, scores = self.generate(interaction)
-        k = items.shape[1]
-        rank_score = torch.arange(k, 0, -1, device=items.device, dtype=torch.float).expand_as(items)
-        rank_score = rank_score.masked_fill(items < 0, float("-inf"))
-        out = torch.full((items.shape[0], self.n_items), float("-inf"), device=items.device)
-        out.scatter_(1, items.clamp(min=0), rank_score)
-        out[:, 0] = float("-inf")
-        return out
+        return rank_scores(self.generate(interaction)[0], self.n_items)
 
     def predict(self, interaction):
         """Length-normalised log-probability of each (history, item) pair, averaged over eval modalities."""
@@ -207,11 +210,26 @@ class MQL4GRec(SequentialRecommender):
         return total / len(self.eval_modalities)
 
 
-def merge_padded(parts):
-    """Stack (input_ids, attention_mask, labels) batches of different widths into one."""
+def rank_scores(items, n_items):
+    """Ranked lists ``items`` [users, k] (-1: no item) as full-sort scores [users, n_items]: k, k-1, ... by
+    rank, -inf for every item not in the list (and for RecBole's padding item 0)."""
+    k = items.shape[1]
+    rank_score = torch.arange(k, 0, -1, device=items.device, dtype=torch.float).expand_as(items)
+    rank_score = rank_score.masked_fill(items < 0, float("-inf"))
+    out = torch.full((items.shape[0], n_items), float("-inf"), device=items.device)
+    out.scatter_(1, items.clamp(min=0), rank_score)
+    out[:, 0] = float("-inf")
+    return out
+
+
+def padded_alike(parts):
+    """(input_ids, attention_mask, labels) batches of different widths, each padded to the widest."""
     width = max(p[0].shape[1] for p in parts)
     levels = max(p[2].shape[1] for p in parts)
-    ids = torch.cat([F.pad(p[0], (0, width - p[0].shape[1]), value=PAD_ID) for p in parts])
-    mask = torch.cat([F.pad(p[1], (0, width - p[1].shape[1]), value=0) for p in parts])
-    labels = torch.cat([F.pad(p[2], (0, levels - p[2].shape[1]), value=IGNORE) for p in parts])
-    return ids, mask, labels
+    return [(F.pad(ids, (0, width - ids.shape[1]), value=PAD_ID), F.pad(mask, (0, width - mask.shape[1]), value=0),
+             F.pad(labels, (0, levels - labels.shape[1]), value=IGNORE)) for ids, mask, labels in parts]
+
+
+def merge_padded(parts):
+    """Stack (input_ids, attention_mask, labels) batches of different widths into one."""
+    return tuple(torch.cat(column) for column in zip(*padded_alike(parts)))

@@ -127,13 +127,15 @@ class ItemTokenizer(torch.nn.Module):
             self.tries[modality] = self.tries[modality].to(device)
         return self.tries[modality]
 
-    def encode_history(self, history, lengths, modality, task=None):
+    def encode_history(self, history, lengths, modality, task=None, max_kept=None):
         """Write histories as code tokens: ``[prefix] codes of the last max_his_len items </s>``.
 
         Args:
             history: LongTensor [batch, max_len] item ids, left-aligned, 0-padded (RecBole's item_id_list).
             lengths: LongTensor [batch] number of real items.
             task: the task whose prefix token leads (a name in ``PREFIX_TOKENS``), None for none.
+            max_kept: the batch's longest kept history (``min(lengths, max_his_len).max()``) when the
+                caller knows it on the host; otherwise it is read from ``lengths`` (a device sync).
         Returns:
             input_ids, attention_mask: [batch, width], width = longest row in the batch.
         """
@@ -144,9 +146,11 @@ class ItemTokenizer(torch.nn.Module):
         pos = torch.arange(self.max_his_len, device=history.device)
         index = ((lengths - keep).unsqueeze(1) + pos).clamp(max=history.shape[1] - 1)
         items = history.gather(1, index) * (pos < keep.unsqueeze(1))
-        codes = tokens[items].view(batch, -1)  # padding item -> PAD tokens
+        codes = tokens[items].view(batch, self.max_his_len * levels)  # padding item -> PAD tokens
         offset = 0 if prefix is None else 1
-        width = offset + int(keep.max()) * levels + 1
+        if max_kept is None:
+            max_kept = int(keep.max()) if batch else 0
+        width = offset + max_kept * levels + 1
         input_ids = torch.full((batch, width), PAD_ID, dtype=torch.long, device=history.device)
         if prefix is not None:
             input_ids[:, 0] = prefix

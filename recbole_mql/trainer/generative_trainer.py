@@ -19,9 +19,10 @@ from recbole_mql import distributed
 from recbole_mql.checkpoint import (CheckpointError, CheckpointMismatch, load_checkpoint_file, load_weights,
                                     save_checkpoint)
 from recbole_mql.data.task_samples import MixedBatch, TaskSamples
-from recbole_mql.model.mql4grec import merge_padded
-from recbole_mql.precision import resolve_autocast
-from recbole_mql.trainer.recbole_compat import RecBoleCompatMixin
+from recbole_mql.model.mql4grec import IGNORE, merge_padded
+from recbole_mql.precision import resolve_autocast, tf32_matmuls
+from recbole_mql.trainer.recbole_compat import (ENDED_BY_BUDGET, ENDED_BY_EARLY_STOPPING, ENDED_BY_EPOCHS,
+                                               BudgetEnded, RecBoleCompatMixin, TimeBudgetMixin)
 
 
 LR_SCHEDULES = ("cosine", "constant")
@@ -73,8 +74,17 @@ def parameter_groups(model):
     return decay, no_decay
 
 
-class GenerativeTrainer(RecBoleCompatMixin, Trainer):
-    """RecBole ``Trainer`` whose epoch is the model's task batches instead of RecBole's batches."""
+class GenerativeTrainer(RecBoleCompatMixin, TimeBudgetMixin, Trainer):
+    """RecBole ``Trainer`` whose epoch is the model's task batches instead of RecBole's batches.
+
+    On a GPU the loop does not wait for the device: the epoch's samples are gathered there by index
+    (:class:`~recbole_mql.data.task_samples.TaskSamples`), batch widths are known on the host, the
+    loss and token counts are summed on the device and read every ``LOG_EVERY`` steps (progress
+    bar) and at the end of the epoch; AdamW is fused and float32 matrix products use TF32 while
+    training (decoding stays in full float32).
+    """
+
+    LOG_EVERY = 50  # optimizer steps between reads of the running loss (a device sync), progress bar only
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -100,10 +110,12 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
             self.evaluator = GatheredEvaluator(self.evaluator, self.device)
 
     def _build_optimizer(self, **kwargs):
-        """AdamW as the HF Trainer builds it: weight decay on weights, none on biases and LayerNorm."""
+        """AdamW as the HF Trainer builds it: weight decay on weights, none on biases and LayerNorm;
+        fused into one kernel a step on a GPU."""
         decay, no_decay = parameter_groups(self.model)
+        fused = {"fused": True} if self.config["device"].type == "cuda" else {}
         return torch.optim.AdamW([{"params": decay, "weight_decay": self.config["weight_decay"]},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.config["learning_rate"])
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.config["learning_rate"], **fused)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """Train with early stopping on ``valid_metric`` (decoded); returns (best score, best result).
@@ -114,14 +126,25 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
         """
         if self._resumed and (self.stopped_early or self.start_epoch >= self.epochs):
             why = "stopped early" if self.stopped_early else "no epoch left"
+            self.ended_by = ENDED_BY_EARLY_STOPPING if self.stopped_early else ENDED_BY_EPOCHS
             self.logger.info(f"The resumed run had finished ({why}, best epoch {self.best_epoch}): testing "
                              f"{self.saved_model_file} as it is.")
             return self.best_valid_score, self.best_valid_result
         self._prepare_schedule(train_data)
         self._fit_start = time.time()
+        self._budget_start()
+        self.ended_by = ENDED_BY_EPOCHS
         for epoch in range(self.start_epoch, self.epochs):
+            validates = bool(valid_data) and self.eval_step > 0 and (epoch + 1) % self.eval_step == 0
+            try:
+                self._check_budget(epoch, validates)
+            except BudgetEnded as ended:
+                self.logger.info(str(ended))
+                self.ended_by = ENDED_BY_BUDGET
+                break
             start = time.time()
             loss = self._train_epoch(train_data, epoch, show_progress=show_progress)
+            self._record_epoch(train_seconds=time.time() - start)
             self.train_loss_dict[epoch] = loss
             if verbose:
                 self.logger.info(self._generate_train_loss_output(epoch, start, time.time(), loss))
@@ -129,14 +152,17 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
             if not valid_data or self.eval_step <= 0:
                 if saved:
                     self._save_checkpoint(epoch, verbose=verbose)
-            elif (epoch + 1) % self.eval_step == 0:
+            elif validates:
+                valid_start = time.time()
                 stop = self._validate(valid_data, epoch, saved, verbose, show_progress)
+                self._record_epoch(valid_seconds=time.time() - valid_start)
             self.stopped_early = stop  # the last state says whether the run is over
             if self.rank == 0:
                 save_checkpoint(self._checkpoint_state(epoch), self.last_model_file)
             if callback_fn:
                 callback_fn(epoch, self.best_valid_score)
             if stop:
+                self.ended_by = ENDED_BY_EARLY_STOPPING
                 self.logger.info(f"Finished training, best eval result in epoch {self.best_epoch}")
                 break
         distributed.barrier()  # rank 0's checkpoints are on disk before any rank loads the best one
@@ -165,7 +191,7 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
     def _epoch_batches(self, epoch):
         """This epoch's micro-batches of every source, shuffled together (depends on seed and epoch only)."""
         seed, batch_size = self.config["seed"], self.config["train_batch_size"]
-        batches = [b for samples in self.samples for b in samples.epoch_batches(epoch, batch_size, seed)]
+        batches = [b for samples in self.samples for b in samples.epoch_batches(epoch, batch_size, seed, self.device)]
         if len(self.samples) > 1:
             order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed + epoch))
             batches = [batches[i] for i in order]
@@ -194,40 +220,53 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
         batches = self._epoch_batches(epoch_idx)
         groups = [batches[i:i + self.accumulation] for i in range(0, len(batches), self.accumulation)]
         progress = tqdm(groups, ncols=100, desc=set_color(f"Train {epoch_idx:>5}", "pink")) if show_progress else groups
-        total_loss, total_tokens, start, seen = 0.0, 0, time.time(), 0
-        for step, group in enumerate(progress):
-            inputs = self._group_inputs(group, epoch_idx, step)
-            group_tokens = sum(int((inp[2] != -100).sum()) for inp in inputs)
-            self.optimizer.zero_grad()
-            for i, inp in enumerate(inputs):
-                rows, weight = self._my_rows(inp)
-                # DDP all-reduces the gradients once per accumulated batch, on its last micro-batch
-                sync = self.ddp is None or i == len(inputs) - 1
-                with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                    with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                        loss_sum = (self.ddp or self.model)(*rows)
-                    # normalised over the whole accumulated global batch, not per micro-batch; DDP
-                    # averages over ranks, hence x world
-                    (loss_sum * (weight * self.world / group_tokens)).backward()
-                total_loss += float(loss_sum.detach()) * weight
-            total_tokens += group_tokens
-            if self.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            seen += sum(len(b) for b in group)
-            if epoch_idx == self.start_epoch and step + 1 == min(200, len(groups)):  # what the budget will take
-                per_epoch, left = (time.time() - start) / (step + 1) * len(groups), self.epochs - epoch_idx
-                self.logger.info(f"measured {per_epoch / 60:.1f} min an epoch ({step + 1} of {len(groups)} steps in "
-                                 f"{time.time() - start:.0f}s): {left} epochs take ~{per_epoch * left / 3600:.1f} h of training "
-                                 f"+ {left // max(self.eval_step, 1)} validations of {self.config['valid_users'] or 'all'} "
-                                 f"users (early stopping may end sooner; on a CPU use --protocol=cpu)")
-            if show_progress:
-                progress.set_postfix_str(f"loss {total_loss / total_tokens:.4f}, {seen / (time.time() - start):.0f} samples/s")
+        # summed where the model runs, read back only every LOG_EVERY steps and at the end: no sync a step
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        total_tokens = torch.zeros((), dtype=torch.long, device=self.device)
+        start, seen = time.time(), 0
+        with tf32_matmuls(self.device):
+            for step, group in enumerate(progress):
+                inputs = self._group_inputs(group, epoch_idx, step)
+                group_tokens = sum((inp[2] != IGNORE).sum() for inp in inputs)
+                self.optimizer.zero_grad()
+                for i, inp in enumerate(inputs):
+                    rows, weight = self._my_rows(inp)
+                    # DDP all-reduces the gradients once per accumulated batch, on its last micro-batch
+                    sync = self.ddp is None or i == len(inputs) - 1
+                    with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                            loss_sum = (self.ddp or self.model)(*rows)
+                        # normalised over the whole accumulated global batch, not per micro-batch; DDP
+                        # averages over ranks, hence x world
+                        (loss_sum * (weight * self.world) / group_tokens).backward()
+                    total_loss += loss_sum.detach().double() * weight
+                total_tokens += group_tokens
+                if self.clip_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                seen += sum(len(b) for b in group)
+                if epoch_idx == self.start_epoch and step + 1 == min(200, len(groups)):
+                    self._log_budget_estimate(start, step + 1, len(groups), epoch_idx)
+                if show_progress and (step + 1) % self.LOG_EVERY == 0:
+                    progress.set_postfix_str(f"loss {float(total_loss) / max(int(total_tokens), 1):.4f}, "
+                                             f"{seen / (time.time() - start):.0f} samples/s")
+        total_loss, total_tokens = float(total_loss), int(total_tokens)  # waits for the device's last step
         total_loss = distributed.all_reduce_sum(total_loss, self.device)
         self.logger.info(f"epoch {epoch_idx}: {seen} samples in {time.time() - start:.1f}s "
                          f"({seen / max(time.time() - start, 1e-9):.1f} samples/s), lr {self.scheduler.get_last_lr()[0]:.2e}")
         return total_loss / max(total_tokens, 1)
+
+    def _log_budget_estimate(self, start, steps, of, epoch_idx):
+        """What the configured budget will take, from the first ``steps`` steps (once a run)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the queued steps count
+        elapsed = time.time() - start
+        per_epoch, left = elapsed / steps * of, self.epochs - epoch_idx
+        self.logger.info(f"measured {per_epoch / 60:.1f} min an epoch ({steps} of {of} steps in "
+                         f"{elapsed:.0f}s): {left} epochs take ~{per_epoch * left / 3600:.1f} h of training "
+                         f"+ {left // max(self.eval_step, 1)} validations of {self.config['valid_users'] or 'all'} "
+                         f"users (early stopping may end sooner; on a CPU use --protocol=cpu)")
 
     def _group_inputs(self, group, epoch, step):
         """Tokenised inputs of one accumulated batch. Task inputs may draw random numbers (the fusion
@@ -252,8 +291,9 @@ class GenerativeTrainer(RecBoleCompatMixin, Trainer):
         batch = batch.to(self.device)
         model = self._source_model(batch.source)
         if isinstance(batch, MixedBatch):
-            return merge_padded([model.task_inputs(p.task, p.history, p.lengths, p.target) for p in batch.parts])
-        return model.task_inputs(batch.task, batch.history, batch.lengths, batch.target)
+            return merge_padded([model.task_inputs(p.task, p.history, p.lengths, p.target, p.max_kept)
+                                 for p in batch.parts])
+        return model.task_inputs(batch.task, batch.history, batch.lengths, batch.target, batch.max_kept)
 
     def _source_model(self, source):
         return self.model

@@ -5,10 +5,12 @@
   dataset, data fingerprint, architecture): resuming another run's checkpoint is refused; the
   epoch of the best checkpoint is kept (RecBole does not); a resumed run with nothing left to
   train tests its checkpoint and writes nothing (RecBole re-saves it as "epoch -1");
-- :class:`DistributedMixin`: DDP on CPUs, and every rank on the checkpoint name rank 0 chose.
+- :class:`DistributedMixin`: DDP on CPUs, and every rank on the checkpoint name rank 0 chose;
+- :class:`TimeBudgetMixin`: ``time_budget_minutes`` (the generative trainer applies it in its own
+  loop; :class:`RecBoleTimeBudgetMixin` around RecBole's).
 
-:class:`RecBoleCompatMixin` holds both; :func:`with_recbole_compat` puts it in front of a
-RecBole trainer class.
+:class:`RecBoleCompatMixin` holds the first two; :func:`with_recbole_compat` puts it and the time
+budget in front of a RecBole trainer class.
 """
 
 import functools
@@ -134,6 +136,90 @@ class CheckpointMixin:
 # Kept for code that names the former mixins: both are CheckpointMixin now.
 BestEpochMixin = OwnCheckpointMixin = CheckpointMixin
 
+# What ended a run's training (``ended_by`` in its result and the comparison table).
+ENDED_BY_BUDGET, ENDED_BY_EARLY_STOPPING, ENDED_BY_EPOCHS = "time budget", "early stopping", "epoch limit"
+
+
+class BudgetEnded(Exception):
+    """Raised before an epoch that would not end within ``time_budget_minutes``."""
+
+
+class TimeBudgetMixin:
+    """``time_budget_minutes`` (0: none): training stops after the last epoch that fits the budget.
+
+    The budget counts this process's training and validation from the start of ``fit`` (not the data
+    loading, nor the test of the best checkpoint that follows); before each epoch, the time so far
+    plus the mean training time of the epochs run so far (plus the mean validation time when that
+    epoch validates) must stay within it. The first epoch always runs. A run ended by its budget is
+    not finished: ``--resume=last`` continues it (with the budget again, counted from the resume).
+    """
+
+    ended_by = None  # ENDED_BY_* once fit has returned
+
+    def _budget_start(self):
+        self._budget_t0 = time.time()
+        self._epoch_seconds, self._valid_seconds = [], []
+
+    def _budget_seconds(self):
+        return float(self.config["time_budget_minutes"] or 0) * 60.0
+
+    def _record_epoch(self, train_seconds=None, valid_seconds=None):
+        if train_seconds is not None:
+            self._epoch_seconds.append(train_seconds)
+        if valid_seconds is not None:
+            self._valid_seconds.append(valid_seconds)
+
+    def _check_budget(self, epoch, validates):
+        """Raise :class:`BudgetEnded` when epoch ``epoch`` (validating or not) would end past the budget."""
+        budget = self._budget_seconds()
+        if not budget or not getattr(self, "_epoch_seconds", None):
+            return
+        elapsed = time.time() - self._budget_t0
+        estimate = sum(self._epoch_seconds) / len(self._epoch_seconds)
+        if validates and self._valid_seconds:
+            estimate += sum(self._valid_seconds) / len(self._valid_seconds)
+        if elapsed + estimate > budget:
+            raise BudgetEnded(
+                f"time budget of {budget / 60:g} min: {elapsed / 60:.1f} min used, epoch {epoch} would take "
+                f"~{estimate / 60:.1f} min more; training ends after epoch {epoch - 1} (the best checkpoint is "
+                f"tested as usual; --resume=last continues the run)")
+
+
+class RecBoleTimeBudgetMixin(TimeBudgetMixin):
+    """The time budget around RecBole's own ``fit`` loop: epochs and validations timed, the loop left
+    before an epoch that would not fit; ``ended_by`` set."""
+
+    _last_epoch = None
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._budget_start()
+        self.ended_by = None
+        try:
+            result = super().fit(train_data, valid_data, verbose=verbose, saved=saved, show_progress=show_progress,
+                                 callback_fn=callback_fn)
+        except BudgetEnded as ended:
+            self.logger.info(str(ended))
+            self.ended_by = ENDED_BY_BUDGET
+            return self.best_valid_score, getattr(self, "best_valid_result", None)
+        last = self.start_epoch - 1 if self._last_epoch is None else self._last_epoch
+        self.ended_by = ENDED_BY_EPOCHS if last + 1 >= self.epochs else ENDED_BY_EARLY_STOPPING
+        return result
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        validates = self.eval_step > 0 and (epoch_idx + 1) % self.eval_step == 0
+        self._check_budget(epoch_idx, validates)
+        start = time.time()
+        loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        self._record_epoch(train_seconds=time.time() - start)
+        self._last_epoch = epoch_idx
+        return loss
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        start = time.time()
+        result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self._record_epoch(valid_seconds=time.time() - start)
+        return result
+
 
 class RecBoleCompatMixin(DistributedMixin, CheckpointMixin):
     """The mixins above, in front of a RecBole trainer."""
@@ -141,5 +227,6 @@ class RecBoleCompatMixin(DistributedMixin, CheckpointMixin):
 
 @functools.lru_cache(maxsize=None)
 def with_recbole_compat(base):
-    """``base`` with :class:`RecBoleCompatMixin` in front (one class per base, so isinstance holds)."""
-    return type(base.__name__, (RecBoleCompatMixin, base), {})
+    """``base`` with :class:`RecBoleCompatMixin` and the time budget in front (one class per base, so
+    isinstance holds)."""
+    return type(base.__name__, (RecBoleTimeBudgetMixin, RecBoleCompatMixin, base), {})
