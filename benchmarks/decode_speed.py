@@ -8,6 +8,8 @@ image codes (6,250 items, 4 levels) and the inputs are real test histories (last
 
     python benchmarks/decode_speed.py --users 256 --hf_users 128 --beam 20
     python benchmarks/decode_speed.py --authors_vocab   # HF baseline on the 34k-word vocabulary
+    python benchmarks/decode_speed.py --device cuda --users 4096 --batch 1024 --authors_vocab \
+        --data .gpu_data/Instruments --json decode.json
 
 On a shared machine run it with OMP_WAIT_POLICY=PASSIVE (or --threads 1): with more runnable
 threads than cores, OpenMP's spinning threads stall every parallel op, which cost our decoder
@@ -15,6 +17,7 @@ threads than cores, OpenMP's spinning threads stall every parallel op, which cos
 """
 
 import argparse
+import gzip
 import json
 import os
 import sys
@@ -49,6 +52,7 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     return parser.parse_args()
 
 
@@ -79,7 +83,10 @@ def load_codes(data_dir):
 
 def load_histories(data_dir, codes, token_ids, max_items=20):
     """Test users' last ``max_items`` items as code tokens + eos: ids, mask ``[users, src_len]``."""
-    with open(os.path.join(data_dir, "Instruments.test.inter")) as f:
+    path = os.path.join(data_dir, "Instruments.test.inter")
+    if not os.path.isfile(path) and os.path.isfile(path + ".gz"):  # the shipped test slices are gzipped
+        path += ".gz"
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
         lines = f.read().splitlines()[1:]
     levels = torch.arange(codes.shape[1])
     sequences = []
@@ -147,9 +154,11 @@ def best_times(runs, repeats):
     best = {name: (float("inf"), None) for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             start = time.perf_counter()
             result = fn()
-            if torch.cuda.is_available():
+            if torch.cuda.is_available():  # the clock stops when the GPU is done
                 torch.cuda.synchronize()
             best[name] = (min(best[name][0], time.perf_counter() - start), result)
     return best
@@ -175,7 +184,8 @@ def main():
     n_ours = min(args.users, input_ids.shape[0])
     n_hf = min(args.hf_users, n_ours)
     print(machine_line())
-    print(f"device {args.device}, threads {torch.get_num_threads()}, catalogue {trie.num_items} items, "
+    device = torch.cuda.get_device_name(args.device) if torch.device(args.device).type == "cuda" else "cpu"
+    print(f"device {device}, threads {torch.get_num_threads()}, catalogue {trie.num_items} items, "
           f"vocab {vocab}, beam {args.beam}, random weights")
 
     model = paper_model(vocab, args.seed).to(args.device)
@@ -199,10 +209,20 @@ def main():
     print(f"HF  : {n_hf / t_hf:8.1f} users/s on {n_hf} users (batch {args.hf_batch})")
     print(f"speed-up {t_hf / t_same:.1f}x on the same users; identical top-{args.beam} lists for "
           f"{same:.1%} of {n_hf} users, max score gap {gap:.2e}")
+    figures = {"benchmark": "decode_speed", "device": device, "machine": machine_line(), "torch": torch.__version__,
+               "beam": args.beam, "users": n_ours, "hf_users": n_hf, "batch": args.batch, "hf_batch": args.hf_batch,
+               "repeats": args.repeats, "users_per_s": {"ours": n_ours / t_ours, "ours_on_hf_users": n_hf / t_same,
+                                                        "hf_generate": n_hf / t_hf},
+               "ratio_vs_hf_generate": t_hf / t_same, "identical_top_lists": same, "max_score_gap": gap}
     if args.authors_vocab:
         t_big = timed["hf_authors"][0]
         print(f"HF, authors' {authors_vocab}-word vocabulary: {n_hf / t_big:8.1f} users/s "
               f"(a different random model); ours is {t_big / t_same:.1f}x faster")
+        figures["users_per_s"]["hf_generate_authors_vocab"] = n_hf / t_big
+        figures["ratio_vs_authors"] = t_big / t_same
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(figures, f, indent=2)
 
 
 if __name__ == "__main__":
