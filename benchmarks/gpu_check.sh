@@ -237,7 +237,6 @@ main() {
         MQL_MIN=${GPU_CHECK_MQL_MIN:-2.5}
         MODEL_OVERHEAD_S=${GPU_CHECK_MODEL_OVERHEAD_S:-60}
         MODEL_ARGS=(--show_progress=False)
-        FALLBACK_ARGS=(--epochs="${GPU_CHECK_FALLBACK_EPOCHS:-3}")
     else
         SOURCE=tests/fixtures/small/Instruments
         TRAIN_ARGS=(--device cpu --batches 2 --batch_size 32 --repeats 1)
@@ -247,7 +246,6 @@ main() {
         MODEL_OVERHEAD_S=${GPU_CHECK_MODEL_OVERHEAD_S:-60}
         MODEL_ARGS=(--show_progress=False --epochs=1 --d_model=64 --d_ff=256 --num_layers=2 --num_decoder_layers=2
                     --num_heads=4 --d_kv=16)
-        FALLBACK_ARGS=()
         echo "dry mode: benchmarks on a few batches and users on the CPU; the comparison on $SOURCE with a small T5"
     fi
     if [ ! -f "$SOURCE/Instruments.inter.json" ]; then
@@ -266,13 +264,8 @@ main() {
         # (e) TIGER then MQL4GRec, paper protocol, each under its time budget
         COMPARE_ARGS=(--dataset=Instruments --source="$SOURCE" --data_path="$DATA_PATH" --resume_dir="$WORK/compare"
                       --with_reference "${MODEL_ARGS[@]}")
-        if grep -q '^time_budget_minutes:' properties/overall.yaml; then
-            comparison_budgets
-            COMPARE_ARGS=(--protocol="$WORK/protocol_paper_budget.yaml" "${COMPARE_ARGS[@]}")
-        else
-            echo "time_budget_minutes is not a config key yet: the paper protocol with ${FALLBACK_ARGS[*]:-its epochs} instead"
-            COMPARE_ARGS=(--protocol=paper "${COMPARE_ARGS[@]}" "${FALLBACK_ARGS[@]}")
-        fi
+        comparison_budgets
+        COMPARE_ARGS=(--protocol="$WORK/protocol_paper_budget.yaml" "${COMPARE_ARGS[@]}")
         step "compare TIGER,MQL4GRec" $(( DEADLINE_S - $(elapsed) - RESERVE_S - AFTER_COMPARE_S )) \
             python3 run_recbole_mql.py --compare=TIGER,MQL4GRec "${COMPARE_ARGS[@]}"
     fi

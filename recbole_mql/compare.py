@@ -47,7 +47,7 @@ REFERENCE_DIR = os.path.join(PROPERTIES_DIR, "reference")
 METRICS = [("hit@1", "HR@1"), ("hit@5", "HR@5"), ("hit@10", "HR@10"), ("ndcg@5", "NDCG@5"), ("ndcg@10", "NDCG@10")]
 METRIC_NAMES = [name for _, name in METRICS]
 COLUMNS = (["model", "status"] + METRIC_NAMES
-           + ["best epoch", "ended by", "train seconds", "eval seconds", "parameter count", "scoring", "error"])
+           + ["best epoch", "epochs", "ended by", "train seconds", "eval seconds", "parameter count", "scoring", "error"])
 # bootstrap interval over users of each metric (CSV only; the Markdown shows +- the half width)
 CI_COLUMNS = [f"{name} {end}" for name in METRIC_NAMES for end in ("low", "high")]
 REFERENCE_COLUMNS = ["model", "source"] + METRIC_NAMES
@@ -198,7 +198,8 @@ def result_row(model, result):
     row = {"model": model, "status": "ok"}
     row.update({name: float(test[key]) if key in test else None for key, name in METRICS})
     row.update({
-        "best epoch": result["best_epoch"], "ended by": result.get("ended_by") or "",
+        "best epoch": result["best_epoch"], "epochs": result.get("epochs_trained"),
+        "ended by": result.get("ended_by") or "",
         "train seconds": round(result["train_seconds"], 1),
         "eval seconds": round(result["eval_seconds"], 1), "parameter count": int(result["params"]), "error": "",
         "test_result": plain(test), "best_valid_result": plain(result["best_valid_result"]),

@@ -133,7 +133,14 @@ def run_recbole_mql(model=None, dataset=None, config_file_list=None, config_dict
         "ranks_file": ranks_file,
         "collision_scoring": config["collision_scoring"],
         "ended_by": getattr(trainer, "ended_by", None),
+        "epochs_trained": epochs_trained(trainer),
     }
+
+
+def epochs_trained(trainer):
+    """Epochs the model has been trained, those before a resume included."""
+    trained = getattr(trainer, "train_loss_dict", None)
+    return max(trained) + 1 if trained else getattr(trainer, "start_epoch", 0)
 
 
 def test_ranks_path(config, trainer, saved):

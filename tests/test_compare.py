@@ -77,6 +77,7 @@ def test_comparison_writes_table_plot_logs_and_configs(comparison):
         ("Pop", "ok"), ("SASRec", "ok"), ("FDSA", "ok"), ("GRU4Rec", "failed")]
     for row in rows[:3]:
         assert 0 <= float(row["NDCG@10"]) <= float(row["HR@10"]) <= 1 and int(row["parameter count"]) > 0
+        assert row["ended by"] in ("early stopping", "epoch limit") and int(row["epochs"]) > int(row["best epoch"])
         assert os.path.isfile(os.path.join(run_dir, f"{row['model']}.log"))
         with open(os.path.join(run_dir, f"{row['model']}.config.yaml")) as f:
             assert f"model: {row['model']}" in f.read()

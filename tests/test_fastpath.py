@@ -138,7 +138,7 @@ def test_time_budget_stops_after_a_finished_epoch_tests_and_resumes(data_path, t
     caplog.set_level(logging.INFO)
     # a budget no second epoch fits: the first epoch always runs, then training ends
     first = _run("TIGER", data_path, tmp_path, epochs=3, time_budget_minutes=1e-6)
-    assert first["ended_by"] == ENDED_BY_BUDGET and first["best_epoch"] == 0
+    assert first["ended_by"] == ENDED_BY_BUDGET and first["best_epoch"] == 0 and first["epochs_trained"] == 1
     assert first["test_result"]["ndcg@10"] >= 0 and os.path.isfile(first["saved_model_file"])
     last = os.path.join(tmp_path, "TIGER-Instruments-last.pth")
     state = load_checkpoint_file(last)
@@ -146,7 +146,7 @@ def test_time_budget_stops_after_a_finished_epoch_tests_and_resumes(data_path, t
     assert any("time budget of" in r.getMessage() and "--resume=last" in r.getMessage() for r in caplog.records)
 
     resumed = _run("TIGER", data_path, tmp_path, epochs=3, resume="last")
-    assert resumed["ended_by"] == ENDED_BY_EPOCHS
+    assert resumed["ended_by"] == ENDED_BY_EPOCHS and resumed["epochs_trained"] == 3
     assert load_checkpoint_file(last)["epoch"] == 2
 
 
@@ -160,7 +160,7 @@ def test_time_budget_that_fits_changes_nothing(data_path, tmp_path):
 def test_time_budget_ends_recbole_models_too(data_path, tmp_path):
     small = dict(hidden_size=16, inner_size=32, n_layers=1, train_batch_size=512, eval_batch_size=512)
     ended = _run("SASRec", data_path, tmp_path / "a", epochs=4, time_budget_minutes=1e-6, **small)
-    assert ended["ended_by"] == ENDED_BY_BUDGET and ended["best_epoch"] == 0
+    assert ended["ended_by"] == ENDED_BY_BUDGET and ended["best_epoch"] == 0 and ended["epochs_trained"] == 1
     assert ended["test_result"]["ndcg@10"] >= 0
     stopped = _run("SASRec", data_path, tmp_path / "b", epochs=30, stopping_step=1, **small)
     assert stopped["ended_by"] in (ENDED_BY_EARLY_STOPPING, ENDED_BY_EPOCHS)
