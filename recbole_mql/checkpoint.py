@@ -16,7 +16,7 @@
   line naming the settings that differ, instead of torch's wall of size mismatches.
 
 A checkpoint of an earlier recbole_mql that you wrote yourself converts once with
-``python -m recbole_mql.checkpoint OLD.pth [NEW.pth]`` (that one command unpickles it in full).
+``python -m recbole_mql.checkpoint OLD.pth [NEW.pth]`` (weights-only too, with the old format's classes allowed by name).
 """
 
 import hashlib
@@ -329,11 +329,69 @@ def foreign_global(path):
     return None
 
 
+# What checkpoints of earlier recbole_mql pickled beyond torch's own types: numpy's random state,
+# RecBole's enums, and the Config (RecBole's or ours: its sources, YAML loader and model classes). The
+# Config's classes are never imported or called: each is read as an inert stand-in whose attributes
+# the file sets (all the conversion reads is ``final_config_dict``).
+_LEGACY_NAMES = {"numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct", "numpy.ndarray",
+                 "numpy.dtype"}
+_STAND_IN_PREFIXES = ("recbole_mql.", "recbole.", "yaml.")
+
+
+class _StandIn:
+    """Stands for a class of an old checkpoint's Config: no code of it is imported or run."""
+
+
+def _legacy_global(name):
+    """The object an earlier-format checkpoint may name: torch's weights-only set, numpy's array and
+    dtype classes, RecBole's enums, a stand-in for the Config's classes; else None (refused)."""
+    import enum
+
+    from torch._weights_only_unpickler import _get_allowed_globals
+
+    torch_allowed = _get_allowed_globals()
+    if name in torch_allowed:
+        return torch_allowed[name]
+    module, _, attr = name.rpartition(".")
+    if name in _LEGACY_NAMES or module == "numpy.dtypes":
+        import importlib
+
+        return getattr(importlib.import_module(module), attr, None)
+    if module == "recbole.utils.enum_type":
+        found = getattr(enum_type, attr, None)
+        return found if isinstance(found, type) and issubclass(found, enum.Enum) else None
+    if name.startswith(_STAND_IN_PREFIXES):
+        return _StandIn
+    return None
+
+
+class _LegacyPickle:
+    """A pickle module for ``torch.load`` whose unpickler finds only :func:`_legacy_global` names:
+    any other global (a function that would run) is refused before it is called."""
+
+    import pickle as _pickle
+
+    UnpicklingError = _pickle.UnpicklingError
+    load, loads, dump, dumps = _pickle.load, _pickle.loads, _pickle.dump, _pickle.dumps
+
+    class Unpickler(_pickle.Unpickler):
+        def find_class(self, module, name):
+            found = _legacy_global(f"{module}.{name}")
+            if found is None:
+                raise _LegacyPickle.UnpicklingError(f"{module}.{name}")
+            return found
+
+
 def upgrade(path, out=None):
-    """Rewrite a checkpoint of an earlier recbole_mql (pickled RecBole Config) as plain data. This
-    unpickles ``path`` in full: run it only on a file you wrote yourself."""
+    """Rewrite a checkpoint of an earlier recbole_mql (pickled RecBole Config) as plain data. Only the
+    old format's classes are found by name (:class:`_LegacyPickle`): a file that needs anything else is
+    refused before anything in it is called, so converting never runs code from the file."""
     out = out or path
-    state = torch.load(str(path), map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_LegacyPickle)
+    except _LegacyPickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} needs {e}, which no checkpoint of recbole_mql held: refused (it could run "
+                              f"code). Convert only checkpoints recbole_mql wrote.") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint (no state_dict).")
     state = dict(state)
@@ -351,8 +409,8 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not 1 <= len(argv) <= 2 or argv[0] in ("-h", "--help"):
         print("usage: python -m recbole_mql.checkpoint OLD.pth [NEW.pth]\n  rewrites a checkpoint of an earlier "
-              "recbole_mql (which pickled RecBole's Config) as plain data; unpickles OLD.pth in full, so only for a "
-              "file you wrote yourself")
+              "recbole_mql (which pickled RecBole's Config) as plain data; only the classes those checkpoints held are "
+              "read, any other file is refused")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         print(f"wrote {upgrade(*argv)}")

@@ -313,6 +313,16 @@ def test_checkpoint_of_an_earlier_version_is_refused_then_converted_on_request(w
     assert all(torch.equal(converted["state_dict"][k], v) for k, v in state["state_dict"].items())
 
 
+def test_converting_a_crafted_checkpoint_never_runs_it(workdir, capsys):
+    """The one command that reads the earlier format allows that format's classes by name only."""
+    proof = workdir / "pwned_upgrade"
+    for protocol in (2, 4):
+        evil = crafted_checkpoint(workdir / f"evil_upgrade{protocol}.pth", proof, protocol=protocol)
+        assert upgrade_main([evil, str(workdir / "converted.pth")]) == 2
+        assert "refused" in one_error_line(capsys)
+    assert not proof.exists() and not (workdir / "converted.pth").exists()
+
+
 # ------------------------------------------------------------------------------- conversions
 KILL_AFTER_INTER = """
 import os, sys
