@@ -98,6 +98,7 @@ class GenerativeTrainer(RecBoleCompatMixin, TimeBudgetMixin, Trainer):
         self.samples = None
         self._pending_scheduler_state = None
         self._valid_subset = None
+        self._planned = None  # (epoch, its batches) planned ahead by _prepare_schedule
         name = f"{config['model']}-{config['dataset']}"
         self.last_model_file = os.path.join(self.checkpoint_dir, f"{name}-last.pth")
         self.world, self.rank = distributed.world_size(), distributed.rank()
@@ -189,7 +190,11 @@ class GenerativeTrainer(RecBoleCompatMixin, TimeBudgetMixin, Trainer):
                             mixing=self.config["batch_mixing"] or "task")]
 
     def _epoch_batches(self, epoch):
-        """This epoch's micro-batches of every source, shuffled together (depends on seed and epoch only)."""
+        """This epoch's micro-batches of every source, shuffled together (depends on seed and epoch only).
+        The first epoch's, planned when the schedule was sized, are used once as they are."""
+        if self._planned is not None and self._planned[0] == epoch:
+            batches, self._planned = self._planned[1], None
+            return batches
         seed, batch_size = self.config["seed"], self.config["train_batch_size"]
         batches = [b for samples in self.samples for b in samples.epoch_batches(epoch, batch_size, seed, self.device)]
         if len(self.samples) > 1:
@@ -201,7 +206,9 @@ class GenerativeTrainer(RecBoleCompatMixin, TimeBudgetMixin, Trainer):
         model = self.model
         self.samples = self._build_samples(train_data)
         batch_size = self.config["train_batch_size"]
-        steps = math.ceil(len(self._epoch_batches(0)) / self.accumulation)
+        first = self._epoch_batches(self.start_epoch)  # every epoch has as many batches
+        self._planned = (self.start_epoch, first)
+        steps = math.ceil(len(first) / self.accumulation)
         total = steps * self.epochs
         warmup = int(self.config["warmup_ratio"] * total)
         self.scheduler = warmup_schedule(self.optimizer, total, warmup, self.config["lr_schedule"] or "cosine")
