@@ -45,6 +45,42 @@ def data_path(tmp_path_factory):
     return str(root / "data")
 
 
+def test_trainer_makes_its_folder_where_another_rank_may_too(data_path, tmp_path, monkeypatch):
+    """RecBole's trainer checks that the checkpoint folder exists and then creates it; in CI another rank
+    created it between the two and this rank failed (FileExistsError). Here the other rank always wins
+    that race: the trainer must be built all the same, for RecBole's models and ours."""
+    import recbole.trainer.trainer as recbole_trainer
+    from recbole.utils import init_seed
+    from recbole_mql.config import Config
+    from recbole_mql.data.preparation import load_data
+    from recbole_mql.utils import get_model, get_trainer
+    from tests.conftest import quiet_config
+
+    def racing_ensure_dir(path):
+        if os.path.exists(path):
+            return
+        os.makedirs(path)  # the other rank, just after this rank found the folder missing
+        os.makedirs(path)
+
+    monkeypatch.setattr(recbole_trainer, "ensure_dir", racing_ensure_dir)
+    for model, extra in (("SASRec", {"epochs": 1}), ("MQL4GRec", {**SMALL_T5, "num_layers": 1,
+                                                                  "num_decoder_layers": 1})):
+        folder = tmp_path / model / "saved"
+        config = Config(model, "Instruments", config_dict=quiet_config(
+            data_path=data_path, checkpoint_dir=str(folder), **extra))
+        init_seed(config["seed"], config["reproducibility"])
+        _, train, _, _ = load_data(config)
+        net = get_model(model)(config, train._dataset).to(config["device"])
+        trainer = get_trainer(config["MODEL_TYPE"], model)(config, net)
+        assert os.path.dirname(trainer.saved_model_file) == str(folder) and folder.is_dir()
+
+
+def failure(out):
+    """What a failed run printed, each rank's own lines first (torchrun's summary buries them)."""
+    ranks = "\n".join(line for line in (out.stdout + out.stderr).splitlines() if line.startswith("[rank"))
+    return ranks[-6000:] + "\n---\n" + out.stdout[-2000:] + out.stderr[-2000:]
+
+
 def run(folder, data_path, nproc, *extra):
     """Train + test MQL4GRec (three tasks, the fusion task draws coins; accumulation 2) from the CLI in
     ``nproc`` processes; dropout off and fp32, so that runs differ only by floating-point order."""
@@ -61,7 +97,7 @@ def run(folder, data_path, nproc, *extra):
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
     out = subprocess.run(launcher + args, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.returncode == 0, failure(out)
     logs = glob.glob(str(folder / "log" / "MQL4GRec" / "*.log"))
     assert len(logs) == 1, logs  # one log file, written by rank 0 only
     with open(logs[0]) as f:

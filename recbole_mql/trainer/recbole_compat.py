@@ -14,6 +14,7 @@ budget in front of a RecBole trainer class.
 """
 
 import functools
+import os
 import time
 
 import torch
@@ -28,6 +29,9 @@ class DistributedMixin:
     """RecBole's trainer set-up in a distributed run on CPUs, and one checkpoint name for all ranks."""
 
     def __init__(self, config, model):
+        # RecBole's ensure_dir checks, then creates: two ranks doing so at once made one fail with
+        # FileExistsError (seen in CI), so the folder is made here, where a second maker is harmless
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         if config["single_spec"] or config["device"].type == "cuda":
             super().__init__(config, model)
         else:
