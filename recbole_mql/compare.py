@@ -67,10 +67,12 @@ def open_run_dir(results_dir, dataset, resume_dir=None):
         return resume_dir
     base = os.path.join(results_dir, dataset, time.strftime("%Y-%m-%d_%H-%M-%S"))
     path, n = base, 1
-    while os.path.exists(path):
-        path, n = f"{base}-{n}", n + 1
-    os.makedirs(path)
-    return path
+    while True:
+        try:
+            os.makedirs(path)  # no check first: two comparisons started in one second get a folder each
+            return path
+        except FileExistsError:
+            path, n = f"{base}-{n}", n + 1
 
 
 def read_json(path, what, fix):

@@ -329,3 +329,11 @@ def test_several_seeds_pair_within_a_seed_and_resume(workdir, monkeypatch):
     assert {(t["model"], t["versus"], t["seed"]) for t in tests} == {("SASRec", "Pop", "2020"), ("SASRec", "Pop", "2021")}
     assert cli_main(argv + [f"--resume_dir={run_dir}"]) == 0  # finished runs are not run again
     assert len(list(run_dir.glob("*.result.json"))) == 4
+
+
+def test_comparisons_started_in_one_second_get_a_folder_each(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare.time, "strftime", lambda fmt: "2026-11-28_05-00-00")
+    folders = [compare.open_run_dir(str(tmp_path), "Instruments") for _ in range(3)]
+    assert len(set(folders)) == 3 and all(os.path.isdir(f) for f in folders)
+    assert os.path.basename(folders[0]) == "2026-11-28_05-00-00" and folders[2].endswith("-2")
+    assert compare.open_run_dir(str(tmp_path), "Instruments", resume_dir=folders[1]) == folders[1]
