@@ -16,12 +16,15 @@
   line naming the settings that differ, instead of torch's wall of size mismatches.
 
 A checkpoint of an earlier recbole_mql that you wrote yourself converts once with
-``python -m recbole_mql.checkpoint OLD.pth [NEW.pth]`` (weights-only too, with the old format's classes allowed by name).
+``python -m recbole_mql.checkpoint OLD.pth [NEW.pth]``: only a torch zip file, read by an unpickler that finds
+the old format's classes by name only and sets state on no class (:class:`_LegacyUnpickler`); anything else is refused.
 """
 
 import hashlib
+import io
 from collections import OrderedDict
 import os
+import pickle
 import re
 import sys
 import warnings
@@ -346,6 +349,7 @@ def _legacy_global(name):
     """The object an earlier-format checkpoint may name: torch's weights-only set, numpy's array and
     dtype classes, RecBole's enums, a stand-in for the Config's classes; else None (refused)."""
     import enum
+    import importlib
 
     from torch._weights_only_unpickler import _get_allowed_globals
 
@@ -353,10 +357,11 @@ def _legacy_global(name):
     if name in torch_allowed:
         return torch_allowed[name]
     module, _, attr = name.rpartition(".")
-    if name in _LEGACY_NAMES or module == "numpy.dtypes":
-        import importlib
-
+    if name in _LEGACY_NAMES:
         return getattr(importlib.import_module(module), attr, None)
+    if module == "numpy.dtypes":  # the DType classes only (not the module's helpers or __builtins__)
+        found = getattr(importlib.import_module(module), attr, None)
+        return found if isinstance(found, type) and issubclass(found, np.dtype) else None
     if module == "recbole.utils.enum_type":
         found = getattr(enum_type, attr, None)
         return found if isinstance(found, type) and issubclass(found, enum.Enum) else None
@@ -365,33 +370,65 @@ def _legacy_global(name):
     return None
 
 
+class _LegacyUnpickler(pickle._Unpickler):
+    """Finds only :func:`_legacy_global` names, and sets state (pickle's BUILD) only on objects the old
+    format built that way, never on a class (which would change it for the whole process): anything
+    else is refused before it is called or set. Python's own unpickler, so that BUILD can be checked."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def find_class(self, module, name):
+        found = _legacy_global(f"{module}.{name}")
+        if found is None:
+            raise pickle.UnpicklingError(f"{module}.{name}")
+        return found
+
+    def load_build(self):
+        target, state = self.stack[-2], self.stack[-1]
+        if not isinstance(target, (_StandIn, OrderedDict, torch.Tensor, np.ndarray, np.dtype)):
+            raise pickle.UnpicklingError(f"state set on {type(target).__module__}.{type(target).__qualname__}")
+        if isinstance(target, _StandIn) and not (
+                isinstance(state, dict) and not any(str(key).startswith("__") for key in state)):
+            raise pickle.UnpicklingError("a stand-in's state other than plain attributes")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
 class _LegacyPickle:
-    """A pickle module for ``torch.load`` whose unpickler finds only :func:`_legacy_global` names:
-    any other global (a function that would run) is refused before it is called."""
+    """The pickle module ``torch.load`` is given: every way it reads a pickle goes through
+    :class:`_LegacyUnpickler`."""
 
-    import pickle as _pickle
+    UnpicklingError = pickle.UnpicklingError
+    Unpickler = _LegacyUnpickler
 
-    UnpicklingError = _pickle.UnpicklingError
-    load, loads, dump, dumps = _pickle.load, _pickle.loads, _pickle.dump, _pickle.dumps
+    @staticmethod
+    def load(file, **kwargs):
+        return _LegacyUnpickler(file, **kwargs).load()
 
-    class Unpickler(_pickle.Unpickler):
-        def find_class(self, module, name):
-            found = _legacy_global(f"{module}.{name}")
-            if found is None:
-                raise _LegacyPickle.UnpicklingError(f"{module}.{name}")
-            return found
+    @staticmethod
+    def loads(data, **kwargs):
+        return _LegacyUnpickler(io.BytesIO(data), **kwargs).load()
 
 
 def upgrade(path, out=None):
-    """Rewrite a checkpoint of an earlier recbole_mql (pickled RecBole Config) as plain data. Only the
-    old format's classes are found by name (:class:`_LegacyPickle`): a file that needs anything else is
-    refused before anything in it is called, so converting never runs code from the file."""
+    """Rewrite a checkpoint of an earlier recbole_mql (pickled RecBole Config) as plain data. Only a
+    torch zip file is read, and in it only the old format's classes are found by name
+    (:class:`_LegacyUnpickler`): a file that needs anything else is refused before anything in it is
+    called, so converting never runs code from the file."""
+    import zipfile
+
     out = out or path
+    if not zipfile.is_zipfile(str(path)):
+        raise CheckpointError(f"{path} is not a checkpoint recbole_mql wrote (not a torch zip file): refused. "
+                              f"Convert only checkpoints recbole_mql wrote.")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_LegacyPickle)
-    except _LegacyPickle.UnpicklingError as e:
+    except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path} needs {e}, which no checkpoint of recbole_mql held: refused (it could run "
                               f"code). Convert only checkpoints recbole_mql wrote.") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path} cannot be read as a checkpoint ({e}); is the file complete?") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint (no state_dict).")
     state = dict(state)

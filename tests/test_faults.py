@@ -323,6 +323,41 @@ def test_converting_a_crafted_checkpoint_never_runs_it(workdir, capsys):
     assert not proof.exists() and not (workdir / "converted.pth").exists()
 
 
+def test_converting_never_runs_a_file_in_torchs_legacy_format(workdir, capsys):
+    """torch reads a non-zip file's header with the pickle module's plain ``load``: that file is refused
+    before torch opens it, and the conversion's ``load`` is the restricted one all the same."""
+    import pickle
+
+    from recbole_mql.checkpoint import _LegacyPickle
+
+    proof = workdir / "pwned_legacy"
+    legacy = workdir / "evil_legacy.pth"
+    legacy.write_bytes(pickle.dumps(Touch(proof), protocol=2))
+    assert upgrade_main([str(legacy), str(workdir / "converted.pth")]) == 2
+    assert "not a torch zip file" in one_error_line(capsys)
+    with pytest.raises(pickle.UnpicklingError, match="posix.system"):
+        _LegacyPickle.load(io.BytesIO(pickle.dumps(Touch(proof), protocol=2)))
+    assert not proof.exists() and not (workdir / "converted.pth").exists()
+
+
+def test_converting_refuses_to_change_a_class(workdir):
+    """pickle's BUILD on a class object (here the stand-in for an old Config class) would set class
+    attributes for the whole process; a helper of numpy.dtypes would change that module: both refused."""
+    import pickle
+
+    from recbole_mql.checkpoint import _LegacyPickle, _StandIn
+
+    build_on_class = b"\x80\x02crecbole_mql.config\nConfig\nN}X\x04\x00\x00\x00evilK\x01s\x86b."
+    with pytest.raises(pickle.UnpicklingError, match="state set on builtins.type"):
+        _LegacyPickle.loads(build_on_class)
+    assert not hasattr(_StandIn, "evil")
+    with pytest.raises(pickle.UnpicklingError, match="numpy.dtypes._add_dtype_helper"):
+        _LegacyPickle.loads(b"\x80\x02cnumpy.dtypes\n_add_dtype_helper\n.")
+    dunder = b"\x80\x02crecbole_mql.config\nConfig\n)\x81}X\x0c\x00\x00\x00__setstate__K\x01sb."
+    with pytest.raises(pickle.UnpicklingError, match="stand-in"):
+        _LegacyPickle.loads(dunder)
+
+
 # ------------------------------------------------------------------------------- conversions
 KILL_AFTER_INTER = """
 import os, sys
