@@ -20,14 +20,18 @@ A checkpoint of an earlier recbole_mql that you wrote yourself converts once wit
 the old format's classes by name only and sets state on no class (:class:`_LegacyUnpickler`); anything else is refused.
 """
 
+import enum
+import functools
 import hashlib
+import importlib
 import io
-from collections import OrderedDict
 import os
 import pickle
 import re
 import sys
 import warnings
+import zipfile
+from collections import OrderedDict
 
 import numpy as np
 import recbole
@@ -345,12 +349,10 @@ class _StandIn:
     """Stands for a class of an old checkpoint's Config: no code of it is imported or run."""
 
 
+@functools.lru_cache(maxsize=None)
 def _legacy_global(name):
     """The object an earlier-format checkpoint may name: torch's weights-only set, numpy's array and
     dtype classes, RecBole's enums, a stand-in for the Config's classes; else None (refused)."""
-    import enum
-    import importlib
-
     from torch._weights_only_unpickler import _get_allowed_globals
 
     torch_allowed = _get_allowed_globals()
@@ -416,8 +418,6 @@ def upgrade(path, out=None):
     torch zip file is read, and in it only the old format's classes are found by name
     (:class:`_LegacyUnpickler`): a file that needs anything else is refused before anything in it is
     called, so converting never runs code from the file."""
-    import zipfile
-
     out = out or path
     if not zipfile.is_zipfile(str(path)):
         raise CheckpointError(f"{path} is not a checkpoint recbole_mql wrote (not a torch zip file): refused. "
